@@ -1,0 +1,110 @@
+"""LLM prompt encoder: any HF causal LM, cut after the block whose output the paper uses.
+
+The paper takes `hidden_states[-3]` (output of the third-to-last block, no final norm). We load only the
+blocks up to that one and replace the final norm by an identity, so the last two blocks are never run,
+never exported and never held in memory.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import EncoderConfig
+from ..errors import ConfigError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_SENTINEL = "\u2063LIDIT_CAPTION\u2063"
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over valid tokens: (B, L, H), (B, L) -> (B, H), accumulated in float32."""
+    m = mask.to(torch.float32).unsqueeze(-1)
+    return ((hidden.float() * m).sum(1) / m.sum(1).clamp(min=1.0)).to(hidden.dtype)
+
+
+class LLMEncoder(nn.Module):
+    def __init__(self, base_model: nn.Module):
+        super().__init__()
+        if not hasattr(base_model, "layers") or not hasattr(base_model, "norm"):
+            raise ConfigError(f"{type(base_model).__name__} has no `layers`/`norm`: only decoder-only HF LMs "
+                              "(Llama, Qwen2, Mistral, Gemma, Phi3, ...) are supported as prompt encoders")
+        base_model.norm = nn.Identity()  # [paper] features are taken before the final norm
+        self.model = base_model
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, config: EncoderConfig, dtype: str | None = None,
+                        attn_implementation: str = "sdpa") -> "LLMEncoder":
+        from transformers import AutoConfig, AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_config = AutoConfig.from_pretrained(path)
+        truncate_config_(hf_config, config.blocks_needed)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the dropped blocks and lm_head are reported as unused weights
+        hf_logging.disable_progress_bar()
+        try:
+            model = AutoModel.from_pretrained(path, config=hf_config, dtype=_DTYPES[dtype or config.dtype],
+                                              attn_implementation=attn_implementation)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
+        return cls(model.eval().requires_grad_(False))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) ids and 0/1 mask, right padded -> hidden (B, L, H), pooled (B, H)."""
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        return hidden, masked_mean(hidden, attention_mask)
+
+
+def truncate_config_(hf_config, blocks: int) -> None:
+    """Keep the first `blocks` decoder blocks (and per-layer lists such as Qwen2's layer_types)."""
+    total = hf_config.num_hidden_layers
+    hf_config.num_hidden_layers = blocks
+    for name in ("layer_types",):
+        value = getattr(hf_config, name, None)
+        if isinstance(value, list) and len(value) == total:
+            setattr(hf_config, name, value[:blocks])
+
+
+def render_prompt_template(tokenizer, system_prompt: str, instruction: str, separator: str = " ") -> tuple[str, str]:
+    """Split the full prompt text into (prefix, suffix) around the caption.
+
+    With a chat template, the user turn is `instruction + separator + caption` [choice]; without one,
+    the prefix is BOS (if the tokenizer uses one) + system prompt + instruction.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+        messages.append({"role": "user", "content": instruction + _SENTINEL})
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        if text.count(_SENTINEL) != 1:
+            raise ConfigError("the tokenizer's chat template does not keep the user message verbatim; "
+                              "set the encoder's prefix_text/suffix_text by hand")
+        prefix, suffix = text.split(_SENTINEL)
+        return prefix, suffix
+    bos = tokenizer.bos_token if getattr(tokenizer, "add_bos_token", True) and tokenizer.bos_token else ""
+    system = f"{system_prompt}\n" if system_prompt else ""
+    return bos + system + instruction, ""
+
+
+def encoder_config_for(folder: str | Path, relpath: str, system_prompt: str = "", instruction: str | None = None,
+                       max_length: int = 256, dtype: str = "float32") -> EncoderConfig:
+    """Describe an HF causal LM folder (model + tokenizer) as an EncoderConfig, rendering its template."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from ..config import PAPER_INSTRUCTION
+
+    path = Path(folder) / relpath
+    hf_config = AutoConfig.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    instruction = PAPER_INSTRUCTION if instruction is None else instruction
+    prefix, suffix = render_prompt_template(tokenizer, system_prompt, instruction)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ConfigError(f"tokenizer in {path} has neither a pad nor an eos token; set pad_token in its config")
+    logging.getLogger(__name__).debug("prefix=%r suffix=%r", prefix, suffix)
+    return EncoderConfig(path=relpath, hidden_size=hf_config.hidden_size, num_hidden_layers=hf_config.num_hidden_layers,
+                         prefix_text=prefix, suffix_text=suffix, pad_token_id=int(pad), system_prompt=system_prompt,
+                         instruction=instruction, max_length=max_length, dtype=dtype)

@@ -1,0 +1,160 @@
+"""The PyTorch reference pipeline: model folders in and out, and `generate` through the shared chain.
+
+A model folder (diffusers `save_pretrained` in spirit; safetensors only, never pickles):
+
+    model_index.json            PipelineConfig (all component configs, validated on load)
+    llm_0/, llm_1/, ...         HF causal LM + tokenizer, one per encoder
+    refiner/model.safetensors   PromptRefiner
+    transformer/model.safetensors  LiDiT
+    vae/diffusion_pytorch_model.safetensors (+ diffusers config.json)
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from lidit_runtime.pipeline import GenerateRequest, GenerateResult, LatentGeometry, run_chain
+from lidit_runtime.tokenize import PromptTokenizer
+
+from ..artifacts import atomic_directory, atomic_write_text
+from ..config import PipelineConfig
+from ..errors import ArtifactError
+from .dit import LiDiT
+from .llm_encoder import _DTYPES, LLMEncoder
+from .refiner import PromptRefiner
+from .vae import VAEDecoder, build_autoencoder
+
+INDEX = "model_index.json"
+WEIGHTS = {"refiner": "refiner/model.safetensors", "transformer": "transformer/model.safetensors",
+           "vae": "vae/diffusion_pytorch_model.safetensors"}
+
+
+def load_prompt_tokenizers(folder: str | Path, config: PipelineConfig) -> list[PromptTokenizer]:
+    tokenizers = []
+    for enc in config.encoders:
+        file = Path(folder) / enc.path / "tokenizer.json"
+        if not file.exists():
+            raise ArtifactError(f"{file} is missing; every LLM folder needs a fast tokenizer (tokenizer.json)")
+        tokenizers.append(PromptTokenizer(file, enc.prefix_text, enc.suffix_text, enc.max_length,
+                                          enc.pad_token_id, enc.caption_separator))
+    return tokenizers
+
+
+def load_weights(module: torch.nn.Module, file: Path) -> None:
+    if not file.exists():
+        raise ArtifactError(f"{file} is missing; the model folder is incomplete (re-create it with `lidit-export init`)")
+    state = load_file(str(file))
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ArtifactError(f"{file} does not fit the config: missing {list(missing)[:3]}, unexpected "
+                            f"{list(unexpected)[:3]}; the weights and model_index.json come from different models")
+
+
+class LiDiTPipeline:
+    def __init__(self, config: PipelineConfig, path: Path, encoders: Sequence[LLMEncoder], refiner: PromptRefiner,
+                 transformer: LiDiT, autoencoder, tokenizers: Sequence[PromptTokenizer], device: torch.device):
+        self.config = config
+        self.path = path
+        self.encoders = list(encoders)
+        self.refiner = refiner
+        self.transformer = transformer
+        self.autoencoder = autoencoder
+        self.vae_decoder = VAEDecoder(autoencoder, config.vae)
+        self.tokenizers = list(tokenizers)
+        self.device = device
+
+    @property
+    def geometry(self) -> LatentGeometry:
+        return LatentGeometry(self.config.vae.latent_channels, self.config.vae.scale_factor,
+                              self.config.transformer.patch_size)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "cpu", dtype: str | None = None) -> "LiDiTPipeline":
+        """Load a model folder. dtype overrides every component (e.g. "bfloat16" for GPU baselines)."""
+        path = Path(path)
+        if not (path / INDEX).exists():
+            raise ArtifactError(f"{path} is not a model folder ({INDEX} missing); create one with "
+                                "`lidit-export init --preset smol --out DIR`")
+        config = PipelineConfig.from_json_file(path / INDEX)
+        encoders = [LLMEncoder.from_pretrained(path / e.path, e, dtype) for e in config.encoders]
+        refiner, transformer, autoencoder = build_modules(config)
+        load_weights(refiner, path / WEIGHTS["refiner"])
+        load_weights(transformer, path / WEIGHTS["transformer"])
+        load_weights(autoencoder, path / WEIGHTS["vae"])
+        torch_dtype = _DTYPES[dtype or "float32"]
+        dev = torch.device(device)
+        for m in (refiner, transformer, autoencoder):
+            m.to(dev).eval().requires_grad_(False)
+            if torch_dtype != torch.float32:  # diffusers warns on any dtype cast; skip the no-op one
+                m.to(torch_dtype)
+        for enc in encoders:  # already in their own dtype
+            enc.to(dev)
+        return cls(config, path, encoders, refiner, transformer, autoencoder, load_prompt_tokenizers(path, config), dev)
+
+    def save_pretrained(self, out: str | Path, overwrite: bool = False) -> Path:
+        """Write a complete model folder atomically: it appears only once every file is written."""
+        out = Path(out)
+        with atomic_directory(out, overwrite=overwrite) as tmp:
+            for enc in self.config.encoders:
+                shutil.copytree(self.path / enc.path, tmp / enc.path)
+            save_components(tmp, self.config, self.refiner, self.transformer, self.autoencoder)
+        return out
+
+    @torch.inference_mode()
+    def generate(self, request: GenerateRequest, keep_trajectory: bool = False, on_step=None) -> GenerateResult:
+        return run_chain(TorchBackend(self), self.tokenizers, self.geometry, self.config.scheduler, request,
+                         keep_trajectory=keep_trajectory, on_step=on_step)
+
+
+def build_modules(config: PipelineConfig):
+    return PromptRefiner(config.refiner), LiDiT(config.transformer), build_autoencoder(config.vae)
+
+
+def save_components(folder: Path, config: PipelineConfig, refiner, transformer, autoencoder) -> None:
+    """Refiner, DiT, VAE weights and the index into `folder` (the LLM sub-folders are written by the caller)."""
+    for key, module in (("refiner", refiner), ("transformer", transformer)):
+        file = folder / WEIGHTS[key]
+        file.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(file))
+    autoencoder.save_pretrained(folder / "vae", safe_serialization=True)
+    atomic_write_text(folder / INDEX, config.to_json())
+
+
+class TorchBackend:
+    """The reference backend: runs each stage with the PyTorch modules of a LiDiTPipeline."""
+
+    name = "torch"
+
+    def __init__(self, pipe: LiDiTPipeline):
+        self.pipe = pipe
+        self.device = pipe.device
+
+    def asarray(self, host: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(host)).to(self.device)
+
+    def to_numpy(self, array: torch.Tensor) -> np.ndarray:
+        return array.detach().float().cpu().numpy()
+
+    def concat(self, arrays, axis: int) -> torch.Tensor:
+        return torch.cat(list(arrays), dim=axis)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def encode_prompt(self, index, input_ids, attention_mask):
+        return self.pipe.encoders[index](input_ids, attention_mask)
+
+    def refine_tokens(self, hidden, masks, pooled, timestep):
+        return self.pipe.refiner(hidden, masks, pooled, timestep)
+
+    def denoise(self, latents, timestep, context, context_mask, pooled):
+        return self.pipe.transformer(latents, timestep, context, context_mask, pooled)
+
+    def decode_latents(self, latents):
+        return self.pipe.vae_decoder(latents)

@@ -1,0 +1,17 @@
+"""Errors the runtime raises at its boundaries: one line, the value seen, the fix."""
+
+
+class LiditError(Exception):
+    """Base class: a problem with the user's input or files, not a bug."""
+
+
+class ConfigError(LiditError):
+    """A config field is missing or invalid."""
+
+
+class ShapeError(LiditError):
+    """An input shape (resolution, batch, prompt length) is not supported."""
+
+
+class ArtifactError(LiditError):
+    """A model folder, build folder or file is missing, corrupt or from another version."""

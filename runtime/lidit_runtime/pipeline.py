@@ -1,0 +1,116 @@
+"""The one place that decides the order of stages and applies the sampler, for every backend."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .backends.base import Backend
+from .errors import ShapeError
+from .sampler import Sampler, SchedulerConfig, make_plan
+from .tokenize import PromptTokenizer
+
+
+@dataclass(frozen=True)
+class LatentGeometry:
+    latent_channels: int
+    vae_scale_factor: int  # pixels per latent cell (8 for the paper's VAE)
+    patch_size: int  # DiT patch size in latent cells
+
+    def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, int, int, int]:
+        step = self.vae_scale_factor * self.patch_size
+        if height <= 0 or width <= 0 or height % step or width % step:
+            raise ShapeError(f"resolution {height}x{width} is not supported: height and width must be positive "
+                             f"multiples of {step} (VAE factor {self.vae_scale_factor} x patch {self.patch_size})")
+        f = self.vae_scale_factor
+        return (batch, self.latent_channels, height // f, width // f)
+
+
+@dataclass
+class GenerateRequest:
+    prompts: Sequence[str]
+    negative_prompt: str = ""  # the empty caption through the same template is the unconditional input
+    steps: int = 20
+    cfg: float = 5.0
+    seed: int = 0
+    height: int = 256
+    width: int = 256
+
+
+@dataclass
+class GenerateResult:
+    images: np.ndarray  # (B, H, W, 3) uint8
+    latents: np.ndarray  # (B, C, h, w) float32, final latents before the VAE
+    timings: dict = field(default_factory=dict)  # seconds per stage
+    trajectory: list = field(default_factory=list)  # latents after every step, when asked for
+
+
+def initial_noise(shape: Sequence[int], seed: int) -> np.ndarray:
+    """The starting latents, drawn on the host so every backend starts from the same numbers."""
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8, rounding to nearest."""
+    return (np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry: LatentGeometry,
+              scheduler: SchedulerConfig, request: GenerateRequest, *, keep_trajectory: bool = False,
+              on_step: Callable[[int, int], None] | None = None) -> GenerateResult:
+    timings: dict[str, float] = {}
+    clock = time.perf_counter
+    t_start = clock()
+    batch = len(request.prompts)
+    shape = geometry.latent_shape(batch, request.height, request.width)
+    plan = make_plan(scheduler, request.steps)
+    guided = request.cfg != 1.0
+    captions = list(request.prompts) + ([request.negative_prompt] * batch if guided else [])
+
+    # Prompt encoding: once per request; cond and uncond rows go through as one 2B batch.
+    hidden, masks, pooled = [], [], []
+    for index, tokenizer in enumerate(tokenizers):
+        tokens = tokenizer(captions)
+        mask = backend.asarray(tokens.attention_mask)
+        h, p = backend.encode_prompt(index, backend.asarray(tokens.input_ids), mask)
+        hidden.append(h)
+        masks.append(mask)
+        pooled.append(p)
+    pooled_all = backend.concat(pooled, axis=-1)
+    backend.synchronize()
+    timings["encode"] = clock() - t_start
+
+    sampler = Sampler(plan)
+    x = backend.asarray(initial_noise(shape, request.seed))
+    trajectory = []
+    t_refine = t_dit = 0.0
+    rows = len(captions)
+    for i in range(plan.num_steps):
+        t0 = clock()
+        timestep = backend.asarray(np.full((rows,), plan.timesteps[i], dtype=np.float32))
+        context, context_mask = backend.refine_tokens(hidden, masks, pooled, timestep)
+        backend.synchronize()
+        t1 = clock()
+        x_in = backend.concat([x, x], axis=0) if guided else x
+        out = backend.denoise(x_in, timestep, context, context_mask, pooled_all)
+        if guided:
+            cond, uncond = out[:batch], out[batch:]
+            out = uncond + (cond - uncond) * request.cfg
+        x = sampler.step(i, x, out)
+        backend.synchronize()
+        t_refine += t1 - t0
+        t_dit += clock() - t1
+        if keep_trajectory:
+            trajectory.append(backend.to_numpy(x).copy())
+        if on_step is not None:
+            on_step(i + 1, plan.num_steps)
+    timings["refine"] = t_refine
+    timings["denoise"] = t_dit
+
+    t0 = clock()
+    image = backend.to_numpy(backend.decode_latents(x))
+    timings["decode"] = clock() - t0
+    timings["total"] = clock() - t_start
+    return GenerateResult(to_uint8(image), backend.to_numpy(x), timings, trajectory)

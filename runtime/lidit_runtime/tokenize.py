@@ -1,0 +1,75 @@
+"""Prompt tokenization shared by the reference and every runtime backend (HF `tokenizers` only).
+
+The text fed to each LLM is `prefix + caption + suffix`, where prefix holds the system prompt and the
+paper's instruction (wrapped in the LLM's chat template when it has one) and suffix closes the template.
+The three pieces are tokenized separately and joined, so the prefix tokens are the same for every
+caption: their count is fixed per LLM, which makes truncating them a static slice and lets the
+hidden states of the prefix be computed once (the LLM is causal).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConfigError, ShapeError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TokenizedPrompts:
+    input_ids: np.ndarray  # (B, L) int64, right padded
+    attention_mask: np.ndarray  # (B, L) int64, 1 = real token
+    prefix_length: int  # tokens of system prompt + instruction, the same for every row
+
+
+class PromptTokenizer:
+    def __init__(self, tokenizer_file: str, prefix_text: str, suffix_text: str, max_length: int,
+                 pad_token_id: int, caption_separator: str = " "):
+        from tokenizers import Tokenizer  # lazy: keeps `import lidit_runtime` light
+
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.prefix_ids = self._encode(prefix_text)
+        self.suffix_ids = self._encode(suffix_text)
+        self.caption_separator = caption_separator
+        self.max_length = max_length
+        self.pad_token_id = pad_token_id
+        room = max_length - len(self.prefix_ids) - len(self.suffix_ids)
+        if room < 1:
+            raise ConfigError(
+                f"max_length={max_length} leaves no room for a caption after the {len(self.prefix_ids)} prefix and "
+                f"{len(self.suffix_ids)} suffix tokens; raise the encoder's max_length")
+        self.caption_room = room
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids if text else []
+
+    def caption_ids(self, caption: str) -> list[int]:
+        return self._encode(self.caption_separator + caption) if caption else []
+
+    def __call__(self, captions: list[str], pad_to: int | None = None) -> TokenizedPrompts:
+        """Tokenize a batch; pad_to fixes the padded length (for static engine shapes)."""
+        rows = []
+        for caption in captions:
+            ids = self.caption_ids(caption)
+            if len(ids) > self.caption_room:
+                log.warning("caption truncated from %d to %d tokens (max_length=%d): %.60r...",
+                            len(ids), self.caption_room, self.max_length, caption)
+                ids = ids[: self.caption_room]
+            rows.append(self.prefix_ids + ids + self.suffix_ids)
+        length = max(len(r) for r in rows)
+        if pad_to is not None:
+            if pad_to < length or pad_to > self.max_length:
+                raise ShapeError(f"pad_to={pad_to} must lie between the longest prompt ({length}) and max_length "
+                                 f"({self.max_length})")
+            length = pad_to
+        ids = np.full((len(rows), length), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(rows), length), dtype=np.int64)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = r
+            mask[i, : len(r)] = 1
+        return TokenizedPrompts(ids, mask, len(self.prefix_ids))
