@@ -173,6 +173,7 @@ def create_preset(name: str, out: str | Path, seed: int = 0, overwrite: bool = F
         generator = torch.Generator().manual_seed(seed)
         for module in modules:
             randomize_zero_parameters_(module, generator)
-            module.to(dtype)
+            if dtype != torch.float32:
+                module.to(dtype)
         save_components(tmp, config, *modules)
     return Path(out)

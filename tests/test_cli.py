@@ -1,0 +1,40 @@
+"""The command line: init + generate on `tiny` writes a PNG; bad input exits 2 with one line."""
+import json
+
+import numpy as np
+from PIL import Image
+
+from lidit_export.cli import main
+
+
+def test_init_then_generate_writes_a_png(tmp_path, capsys):
+    folder = tmp_path / "tiny"
+    assert main(["init", "--preset", "tiny", "--out", str(folder)]) == 0
+    png = tmp_path / "out" / "cat.png"
+    assert main(["generate", "--model", str(folder), "--prompt", "a red cat", "--out", str(png),
+                 "--steps", "3", "--cfg", "4", "--seed", "1", "--height", "48", "--width", "80", "--quiet"]) == 0
+    image = np.asarray(Image.open(png))
+    assert image.shape == (48, 80, 3)
+    assert image.std() > 5.0
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_info_reports_parameters_and_flops(tiny_folder, capsys):
+    assert main(["info", str(tiny_folder), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["latent"] == [16, 8, 8] and info["image_tokens"] == 16
+    assert [llm["blocks_run"] for llm in info["llms"]] == [2, 1]
+    assert info["transformer"]["params"] > 0 and info["gflops_per_step"]["transformer"] > 0
+
+
+def test_bad_resolution_exits_2_with_a_one_line_error(tiny_folder, tmp_path, capsys):
+    code = main(["generate", "--model", str(tiny_folder), "--prompt", "x", "--out", str(tmp_path / "x.png"),
+                 "--height", "50", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.count("\n") == 0 and "multiples of 16" in err
+
+
+def test_unknown_preset_exits_2(tmp_path, capsys):
+    assert main(["init", "--preset", "huge", "--out", str(tmp_path / "m")]) == 2
+    assert "choose one of" in capsys.readouterr().err
