@@ -1,6 +1,6 @@
 """lidit_runtime: a small runtime that chains exported LI-DiT stages. Never imports torch."""
 from .errors import ArtifactError, ConfigError, LiditError, ShapeError
-from .pipeline import GenerateRequest, GenerateResult, LatentGeometry, run_chain
+from .pipeline import GenerateRequest, GenerateResult, LatentGeometry, Pipeline, run_chain
 from .sampler import SchedulerConfig, make_plan
 
 __version__ = "0.1.0"

@@ -114,3 +114,44 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
     timings["decode"] = clock() - t0
     timings["total"] = clock() - t_start
     return GenerateResult(to_uint8(image), backend.to_numpy(x), timings, trajectory)
+
+
+class Pipeline:
+    """A loaded build folder: `Pipeline.load(BUILD).generate("a red cat")`."""
+
+    def __init__(self, manifest, backend: Backend, tokenizers: Sequence[PromptTokenizer]):
+        self.manifest = manifest
+        self.backend = backend
+        self.tokenizers = list(tokenizers)
+        self.geometry = LatentGeometry(manifest.latent_channels, manifest.vae_scale_factor, manifest.patch_size)
+        self.scheduler = manifest.scheduler_config
+
+    @classmethod
+    def load(cls, build_dir, backend: str = "onnxruntime", providers: Sequence[str] | None = None,
+             verify: bool = True, **backend_options) -> "Pipeline":
+        from pathlib import Path
+
+        from .errors import ConfigError
+        from .manifest import load_manifest
+
+        build_dir = Path(build_dir)
+        manifest = load_manifest(build_dir, verify=verify)
+        if backend != "onnxruntime":
+            raise ConfigError(f"backend={backend!r} is not available in this runtime yet; use 'onnxruntime'")
+        from .backends.onnxruntime import OnnxRuntimeBackend
+
+        runner = OnnxRuntimeBackend(build_dir, manifest, providers, **backend_options)
+        tokenizers = [PromptTokenizer(build_dir / e.tokenizer_file, e.prefix_text, e.suffix_text, e.max_length,
+                                      e.pad_token_id, e.caption_separator) for e in manifest.encoders]
+        return cls(manifest, runner, tokenizers)
+
+    def generate(self, prompt: str | Sequence[str], negative_prompt: str | None = None, steps: int | None = None,
+                 cfg: float | None = None, seed: int = 0, height: int | None = None, width: int | None = None,
+                 keep_trajectory: bool = False, on_step=None) -> GenerateResult:
+        request = GenerateRequest(
+            prompts=[prompt] if isinstance(prompt, str) else list(prompt),
+            negative_prompt=negative_prompt or "", steps=steps or self.scheduler.default_steps,
+            cfg=self.scheduler.default_cfg if cfg is None else cfg, seed=seed,
+            height=height or self.manifest.default_height, width=width or self.manifest.default_width)
+        return run_chain(self.backend, self.tokenizers, self.geometry, self.scheduler, request,
+                         keep_trajectory=keep_trajectory, on_step=on_step)

@@ -1,0 +1,102 @@
+"""`lidit-export export`: model folder -> BUILD/{onnx/*.onnx, tokenizers/, manifest.json}.
+
+A graph is re-exported only when its input key changes: the hash of its weights, the pipeline config,
+its graph spec and the exporter settings. A killed export leaves no partial graph (each file is moved
+into place whole) and the next run redoes only what is missing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from lidit_runtime.manifest import FORMAT, MANIFEST, ComponentRecord, EncoderRecord, Manifest, file_sha256
+
+from .. import __version__
+from ..artifacts import atomic_write_text
+from ..model.pipeline import INDEX, WEIGHTS, LiDiTPipeline
+from .graph_spec import ShapeProfile, graph_specs
+from .onnx_export import OPSET, check_exported_io, component_inputs, component_modules, copy_tokenizers, export_graph
+
+log = logging.getLogger(__name__)
+
+
+def tool_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {"lidit-export": __version__}
+    for pkg in ("torch", "transformers", "diffusers", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _source_files(model_dir: Path, pipe: LiDiTPipeline, name: str) -> list[Path]:
+    if name.startswith("encoder_"):
+        folder = model_dir / pipe.config.encoders[int(name.split("_")[1])].path
+        return sorted(folder.glob("*.safetensors")) + [folder / "config.json"]
+    key = {"refiner": "refiner", "dit": "transformer", "vae_decoder": "vae"}[name]
+    return [model_dir / WEIGHTS[key]]
+
+
+def input_key(model_dir: Path, pipe: LiDiTPipeline, name: str, spec) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"config": pipe.config.to_dict(), "spec": spec.to_dict(), "opset": OPSET,
+                         "exporter": "torchscript", "lidit-export": __version__}, sort_keys=True).encode())
+    for f in _source_files(model_dir, pipe, name):
+        h.update(file_sha256(f).encode())
+    return h.hexdigest()
+
+
+def load_previous(build_dir: Path) -> dict[str, ComponentRecord]:
+    from lidit_runtime.manifest import load_manifest
+
+    try:
+        return load_manifest(build_dir).components
+    except Exception:  # no or unreadable manifest: everything is redone
+        return {}
+
+
+def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapeProfile | None = None,
+                 pipe: LiDiTPipeline | None = None, progress=print) -> Manifest:
+    model_dir, build_dir = Path(model_dir), Path(build_dir)
+    pipe = pipe or LiDiTPipeline.from_pretrained(model_dir)
+    config = pipe.config
+    specs = graph_specs(config, profile)
+    previous = load_previous(build_dir)
+    opt = [spec.dims[f"text_len_{i}"][1] for i, spec in enumerate(s for n, s in specs.items() if n.startswith("encoder_"))]
+    latent = specs["dit"].dims["latent_height"][1]
+    sample = component_inputs(pipe, batch=2, text_lengths=opt, latent_hw=(latent, latent))
+    modules = component_modules(pipe)
+    records = {}
+    for name, spec in specs.items():
+        key = input_key(model_dir, pipe, name, spec)
+        file = f"onnx/{name}.onnx"
+        old = previous.get(name)
+        if old and old.input_key == key and (build_dir / file).exists() and file_sha256(build_dir / file) == old.sha256:
+            progress(f"  {name}: up to date")
+            records[name] = old
+            continue
+        progress(f"  {name}: exporting ...")
+        digest = export_graph(modules[name], spec, sample[name], build_dir / file)
+        check_exported_io(build_dir / file, spec)
+        records[name] = ComponentRecord(
+            name=name, file=file, sha256=digest, precision="fp32",
+            inputs=[asdict(t) for t in spec.inputs], outputs=[asdict(t) for t in spec.outputs],
+            dims={k: list(v) for k, v in spec.dims.items()}, derived_dims=spec.derived_dims, input_key=key)
+    tokenizer_files = copy_tokenizers(pipe, build_dir)
+    manifest = Manifest(
+        format=FORMAT, model_name=config.name, latent_channels=config.vae.latent_channels,
+        vae_scale_factor=config.vae.scale_factor, patch_size=config.transformer.patch_size,
+        default_height=config.default_height, default_width=config.default_width,
+        scheduler=asdict(config.scheduler),
+        encoders=[EncoderRecord(f, e.prefix_text, e.suffix_text, e.caption_separator, e.max_length, e.pad_token_id,
+                                config.refiner.prefix_lengths[i])
+                  for i, (f, e) in enumerate(zip(tokenizer_files, config.encoders))],
+        components=records, tool_versions=tool_versions())
+    atomic_write_text(build_dir / MANIFEST, manifest.to_json())
+    return manifest

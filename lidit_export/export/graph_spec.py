@@ -1,0 +1,105 @@
+"""One description per exported graph: I/O names, dtypes, symbolic dims and their shape ranges.
+
+The exporter, the manifest, the runtime backends, the parity ladder (and later the TensorRT profiles)
+all read these specs instead of repeating shapes.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..config import PipelineConfig
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple  # ints or symbolic dim names
+
+
+@dataclass
+class GraphSpec:
+    name: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    dims: dict[str, tuple[int, int, int]]  # symbolic dim -> (min, opt, max)
+    derived_dims: dict[str, str] = field(default_factory=dict)  # e.g. image_height = 8 * latent_height
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
+                for t in (*self.inputs, *self.outputs)}
+
+
+@dataclass
+class ShapeProfile:
+    """Shape ranges every graph must accept; min/opt/max feed TensorRT profiles later."""
+
+    max_batch: int = 4  # prompts per call; CFG doubles it
+    min_image: int = 64
+    max_image: int | None = None  # default: 2x the model's default resolution
+    opt_text_tokens: int = 64  # caption tokens of a typical prompt
+
+
+def refiner_input_names(index: int) -> tuple[str, str, str]:
+    return f"hidden_{index}", f"attention_mask_{index}", f"pooled_{index}"
+
+
+def graph_specs(config: PipelineConfig, profile: ShapeProfile | None = None) -> dict[str, GraphSpec]:
+    profile = profile or ShapeProfile()
+    f = config.vae.scale_factor
+    max_image = profile.max_image or 2 * max(config.default_height, config.default_width)
+    opt_image = max(config.default_height, config.default_width)
+    latent = (max(profile.min_image // f, config.transformer.patch_size), opt_image // f, max_image // f)
+    batch = (1, 2, 2 * profile.max_batch)
+    C = config.vae.latent_channels
+    specs: dict[str, GraphSpec] = {}
+    text_dims, context = {}, [0, 0, 0]
+    for i, enc in enumerate(config.encoders):
+        prefix = config.refiner.prefix_lengths[i]
+        suffix_min = 1  # at least one caption-or-suffix token follows the prefix
+        dim = (prefix + suffix_min, min(prefix + profile.opt_text_tokens, enc.max_length), enc.max_length)
+        text_dims[f"text_len_{i}"] = dim
+        context = [c + d - prefix for c, d in zip(context, dim)]
+        specs[f"encoder_{i}"] = GraphSpec(
+            f"encoder_{i}",
+            [TensorSpec("input_ids", "int64", ("batch", f"text_len_{i}")),
+             TensorSpec("attention_mask", "int64", ("batch", f"text_len_{i}"))],
+            [TensorSpec("hidden", "float32", ("batch", f"text_len_{i}", enc.hidden_size)),
+             TensorSpec("pooled", "float32", ("batch", enc.hidden_size))],
+            {"batch": batch, f"text_len_{i}": dim})
+    refiner_inputs = [TensorSpec("timestep", "float32", ("batch",))]
+    for i, enc in enumerate(config.encoders):
+        h, m, p = refiner_input_names(i)
+        refiner_inputs += [TensorSpec(h, "float32", ("batch", f"text_len_{i}", enc.hidden_size)),
+                           TensorSpec(m, "int64", ("batch", f"text_len_{i}")),
+                           TensorSpec(p, "float32", ("batch", enc.hidden_size))]
+    D = config.refiner.width
+    specs["refiner"] = GraphSpec(
+        "refiner", refiner_inputs,
+        [TensorSpec("context", "float32", ("batch", "context_len", D)),
+         TensorSpec("context_mask", "int64", ("batch", "context_len"))],
+        {"batch": batch, **text_dims},
+        {"context_len": " + ".join(f"(text_len_{i} - {config.refiner.prefix_lengths[i]})"
+                                   for i in range(len(config.encoders)))})
+    specs["dit"] = GraphSpec(
+        "dit",
+        [TensorSpec("latents", "float32", ("batch", C, "latent_height", "latent_width")),
+         TensorSpec("timestep", "float32", ("batch",)),
+         TensorSpec("context", "float32", ("batch", "context_len", D)),
+         TensorSpec("context_mask", "int64", ("batch", "context_len")),
+         TensorSpec("pooled", "float32", ("batch", config.transformer.pooled_dim))],
+        [TensorSpec("model_out", "float32", ("batch", C, "latent_height", "latent_width"))],
+        {"batch": batch, "context_len": tuple(context), "latent_height": latent, "latent_width": latent},
+        {"latent_height": f"multiple of {config.transformer.patch_size}",
+         "latent_width": f"multiple of {config.transformer.patch_size}"})
+    specs["vae_decoder"] = GraphSpec(
+        "vae_decoder",
+        [TensorSpec("latents", "float32", ("batch", C, "latent_height", "latent_width"))],
+        [TensorSpec("image", "float32", ("batch", 3, "image_height", "image_width"))],
+        {"batch": (1, 1, profile.max_batch), "latent_height": latent, "latent_width": latent},
+        {"image_height": f"{f} * latent_height", "image_width": f"{f} * latent_width"})
+    return specs

@@ -1,0 +1,102 @@
+"""BUILD/manifest.json: everything the runtime needs to chain the exported graphs.
+
+Written by `lidit-export export` (and later stages); read here without torch or transformers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ArtifactError
+from .sampler import SchedulerConfig
+
+FORMAT = "lidit-build/1"
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class EncoderRecord:
+    tokenizer_file: str  # relative to the build folder
+    prefix_text: str
+    suffix_text: str
+    caption_separator: str
+    max_length: int
+    pad_token_id: int
+    prefix_length: int
+
+
+@dataclass
+class ComponentRecord:
+    name: str
+    file: str  # relative to the build folder
+    sha256: str
+    precision: str
+    inputs: list  # [{"name", "dtype", "shape"}]
+    outputs: list
+    dims: dict  # symbolic dim -> [min, opt, max]
+    derived_dims: dict = field(default_factory=dict)
+    input_key: str = ""  # hash of everything the artifact was made from; equal key = up to date
+    validated_shapes: list = field(default_factory=list)
+    ort_optimization: str = "all"  # "basic" for Q/DQ graphs (CPU INT8 is inexact at higher levels)
+
+
+@dataclass
+class Manifest:
+    format: str
+    model_name: str
+    latent_channels: int
+    vae_scale_factor: int
+    patch_size: int
+    default_height: int
+    default_width: int
+    scheduler: dict
+    encoders: list[EncoderRecord]
+    components: dict[str, ComponentRecord]
+    tool_versions: dict = field(default_factory=dict)
+    prefix_cache: bool = False
+
+    @property
+    def scheduler_config(self) -> SchedulerConfig:
+        return SchedulerConfig.from_dict(self.scheduler)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+
+def load_manifest(build_dir: str | Path, verify: bool = False) -> Manifest:
+    build_dir = Path(build_dir)
+    path = build_dir / MANIFEST
+    if not path.exists():
+        raise ArtifactError(f"{path} not found; create the build with `lidit-export export --model DIR --out {build_dir}`")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path} is not valid JSON ({e}); re-run `lidit-export export`") from None
+    if data.get("format") != FORMAT:
+        raise ArtifactError(f"{path} has format {data.get('format')!r}, this runtime reads {FORMAT!r}; "
+                            "rebuild with the matching lidit-export version")
+    try:
+        data["encoders"] = [EncoderRecord(**e) for e in data["encoders"]]
+        data["components"] = {k: ComponentRecord(**c) for k, c in data["components"].items()}
+        manifest = Manifest(**data)
+    except TypeError as e:
+        raise ArtifactError(f"{path} does not match the manifest schema ({e}); re-run `lidit-export export`") from None
+    for record in manifest.components.values():
+        file = build_dir / record.file
+        if not file.exists():
+            raise ArtifactError(f"{file} listed in the manifest is missing; re-run `lidit-export export`")
+        if verify and file_sha256(file) != record.sha256:
+            raise ArtifactError(f"{file} does not match its manifest hash (modified or truncated); "
+                                "re-run `lidit-export export` to rebuild it")
+    return manifest
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
