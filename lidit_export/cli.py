@@ -19,30 +19,72 @@ def _cmd_init(args) -> None:
 
 
 def _cmd_generate(args) -> None:
-    from PIL import Image
     from tqdm import tqdm
 
-    from lidit_runtime.pipeline import GenerateRequest
+    if args.backend == "torch":
+        if not args.model:
+            raise LiditError("--backend torch needs --model DIR (a model folder)")
+        from .model.pipeline import LiDiTPipeline
 
-    if args.backend != "torch":
-        raise LiditError(f"--backend {args.backend} is not available yet; use --backend torch")
-    from .model.pipeline import LiDiTPipeline
+        pipe = LiDiTPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+        scheduler, height, width = pipe.config.scheduler, pipe.config.default_height, pipe.config.default_width
+    else:
+        if not args.build:
+            raise LiditError(f"--backend {args.backend} needs --build DIR (from `lidit-export export`)")
+        from lidit_runtime.pipeline import Pipeline
 
-    pipe = LiDiTPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-    cfg = pipe.config
-    request = GenerateRequest(prompts=[args.prompt], negative_prompt=args.negative_prompt,
-                              steps=args.steps or cfg.scheduler.default_steps,
-                              cfg=cfg.scheduler.default_cfg if args.cfg is None else args.cfg, seed=args.seed,
-                              height=args.height or cfg.default_height, width=args.width or cfg.default_width)
-    with tqdm(total=request.steps, desc="denoising", unit="step", disable=args.quiet) as bar:
-        result = pipe.generate(request, on_step=lambda i, n: bar.update(1))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    Image.fromarray(result.images[0]).save(tmp)
-    os.replace(tmp, out)
+        pipe = Pipeline.load(args.build, backend=args.backend)
+        scheduler, height, width = pipe.scheduler, pipe.manifest.default_height, pipe.manifest.default_width
+    steps = args.steps or scheduler.default_steps
+    kwargs = dict(steps=steps, cfg=scheduler.default_cfg if args.cfg is None else args.cfg, seed=args.seed,
+                  height=args.height or height, width=args.width or width)
+    with tqdm(total=steps, desc="denoising", unit="step", disable=args.quiet) as bar:
+        on_step = lambda i, n: bar.update(1)  # noqa: E731
+        if args.backend == "torch":
+            from lidit_runtime.pipeline import GenerateRequest
+
+            request = GenerateRequest(prompts=[args.prompt], negative_prompt=args.negative_prompt, **kwargs)
+            result = pipe.generate(request, on_step=on_step)
+        else:
+            result = pipe.generate(args.prompt, negative_prompt=args.negative_prompt, on_step=on_step, **kwargs)
+    _save_png(result.images[0], Path(args.out))
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
-    print(f"wrote {out} ({request.width}x{request.height}, {request.steps} steps, cfg {request.cfg}): {timings}")
+    print(f"wrote {args.out} ({kwargs['width']}x{kwargs['height']}, {steps} steps, cfg {kwargs['cfg']}, "
+          f"{args.backend}): {timings}")
+
+
+def _save_png(image, out: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    from .artifacts import atomic_write_bytes
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    atomic_write_bytes(out, buf.getvalue())
+
+
+def _cmd_export(args) -> None:
+    from .export.export_build import export_model
+    from .export.graph_spec import ShapeProfile
+
+    profile = ShapeProfile(max_batch=args.max_batch, max_image=args.max_image)
+    manifest = export_model(args.model, args.out, profile, prefix_cache=not args.no_prefix_cache)
+    print(f"wrote {Path(args.out) / 'manifest.json'}: {', '.join(manifest.components)}")
+
+
+def _cmd_parity(args) -> None:
+    from .check.parity import run_parity
+
+    report = run_parity(args.model, args.build, args.report_dir, prompt=args.prompt, steps=args.steps, seed=args.seed)
+    comp_worst = max(r["rel_l2"] for r in report.components)
+    print(f"components: worst rel L2 {comp_worst:.2e} over {len(report.components)} checks; "
+          f"trajectory min cosine {report.trajectory['min_cosine']:.7f}; "
+          f"image PSNR {report.image['psnr_db']:.1f} dB, SSIM {report.image['ssim']:.4f}")
+    if not report.passed:
+        raise LiditError("parity failed: " + "; ".join(report.failures))
+    print("parity passed")
 
 
 def _cmd_info(args) -> None:
@@ -83,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_init)
 
     p = sub.add_parser("generate", help="text -> PNG")
-    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument("--model", help="model folder (--backend torch)")
+    p.add_argument("--build", help="build folder from `lidit-export export` (--backend onnxruntime)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--out", default="image.png")
@@ -97,6 +140,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("export", help="model folder -> one ONNX graph per component + manifest.json")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True, help="build folder")
+    p.add_argument("--max-batch", type=int, default=4, help="prompts per call (CFG doubles it)")
+    p.add_argument("--max-image", type=int, default=None, help="largest image side (default 2x the model's)")
+    p.add_argument("--no-prefix-cache", action="store_true",
+                   help="export encoders that run the whole prompt (default: the constant prefix is baked in)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("parity", help="exported graphs vs the PyTorch reference: components, trajectory, image")
+    p.add_argument("--model", required=True)
+    p.add_argument("--build", required=True)
+    p.add_argument("--report-dir", default=None, help="default: BUILD/parity")
+    p.add_argument("--prompt", default="a red circle to the left of a blue square")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_parity)
 
     p = sub.add_parser("info", help="components, parameter counts, FLOPs per denoising step")
     p.add_argument("model", help="model folder")

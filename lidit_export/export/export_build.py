@@ -43,10 +43,19 @@ def _source_files(model_dir: Path, pipe: LiDiTPipeline, name: str) -> list[Path]
     return [model_dir / WEIGHTS[key]]
 
 
-def input_key(model_dir: Path, pipe: LiDiTPipeline, name: str, spec) -> str:
+def _component_config(config, name: str) -> dict:
+    """The part of the pipeline config a graph depends on (so a DiT change never re-exports encoders)."""
+    if name.startswith("encoder_"):
+        i = int(name.split("_")[1])
+        return {"encoder": asdict(config.encoders[i]), "prefix_length": config.refiner.prefix_lengths[i]}
+    return asdict({"refiner": config.refiner, "dit": config.transformer, "vae_decoder": config.vae}[name])
+
+
+def input_key(model_dir: Path, pipe: LiDiTPipeline, name: str, spec, prefix_cache: bool) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"config": pipe.config.to_dict(), "spec": spec.to_dict(), "opset": OPSET,
-                         "exporter": "torchscript", "lidit-export": __version__}, sort_keys=True).encode())
+    h.update(json.dumps({"config": _component_config(pipe.config, name), "spec": spec.to_dict(), "opset": OPSET,
+                         "exporter": "torchscript", "lidit-export": __version__,
+                         "prefix_cache": prefix_cache and name.startswith("encoder_")}, sort_keys=True).encode())
     for f in _source_files(model_dir, pipe, name):
         h.update(file_sha256(f).encode())
     return h.hexdigest()
@@ -62,19 +71,25 @@ def load_previous(build_dir: Path) -> dict[str, ComponentRecord]:
 
 
 def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapeProfile | None = None,
-                 pipe: LiDiTPipeline | None = None, progress=print) -> Manifest:
+                 prefix_cache: bool = True, pipe: LiDiTPipeline | None = None, progress=print) -> Manifest:
+    """Export every component. prefix_cache (default on) bakes each LLM's constant prefix into its
+    encoder graph, which then runs the caption tokens only."""
     model_dir, build_dir = Path(model_dir), Path(build_dir)
     pipe = pipe or LiDiTPipeline.from_pretrained(model_dir)
     config = pipe.config
-    specs = graph_specs(config, profile)
+    specs = graph_specs(config, profile, prefix_cache)
     previous = load_previous(build_dir)
-    opt = [spec.dims[f"text_len_{i}"][1] for i, spec in enumerate(s for n, s in specs.items() if n.startswith("encoder_"))]
+    opt = [specs["refiner"].dims[f"text_len_{i}"][1] for i in range(len(config.encoders))]
     latent = specs["dit"].dims["latent_height"][1]
     sample = component_inputs(pipe, batch=2, text_lengths=opt, latent_hw=(latent, latent))
-    modules = component_modules(pipe)
+    modules = component_modules(pipe, prefix_cache)
+    prefixes = config.refiner.prefix_lengths
+    if prefix_cache:  # cached encoder graphs are traced on caption tokens only
+        for i, p in enumerate(prefixes):
+            sample[f"encoder_{i}"] = {k: v[:, p:] for k, v in sample[f"encoder_{i}"].items()}
     records = {}
     for name, spec in specs.items():
-        key = input_key(model_dir, pipe, name, spec)
+        key = input_key(model_dir, pipe, name, spec, prefix_cache)
         file = f"onnx/{name}.onnx"
         old = previous.get(name)
         if old and old.input_key == key and (build_dir / file).exists() and file_sha256(build_dir / file) == old.sha256:
@@ -95,7 +110,7 @@ def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapePro
         default_height=config.default_height, default_width=config.default_width,
         scheduler=asdict(config.scheduler),
         encoders=[EncoderRecord(f, e.prefix_text, e.suffix_text, e.caption_separator, e.max_length, e.pad_token_id,
-                                config.refiner.prefix_lengths[i])
+                                prefixes[i], prefix_cache)
                   for i, (f, e) in enumerate(zip(tokenizer_files, config.encoders))],
         components=records, tool_versions=tool_versions())
     atomic_write_text(build_dir / MANIFEST, manifest.to_json())

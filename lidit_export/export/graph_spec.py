@@ -48,7 +48,9 @@ def refiner_input_names(index: int) -> tuple[str, str, str]:
     return f"hidden_{index}", f"attention_mask_{index}", f"pooled_{index}"
 
 
-def graph_specs(config: PipelineConfig, profile: ShapeProfile | None = None) -> dict[str, GraphSpec]:
+def graph_specs(config: PipelineConfig, profile: ShapeProfile | None = None,
+                prefix_cache: bool = False) -> dict[str, GraphSpec]:
+    """prefix_cache: encoder graphs take caption(+suffix) tokens only and hold the prefix states."""
     profile = profile or ShapeProfile()
     f = config.vae.scale_factor
     max_image = profile.max_image or 2 * max(config.default_height, config.default_width)
@@ -62,15 +64,18 @@ def graph_specs(config: PipelineConfig, profile: ShapeProfile | None = None) -> 
         prefix = config.refiner.prefix_lengths[i]
         suffix_min = 1  # at least one caption-or-suffix token follows the prefix
         dim = (prefix + suffix_min, min(prefix + profile.opt_text_tokens, enc.max_length), enc.max_length)
-        text_dims[f"text_len_{i}"] = dim
+        text, caption = f"text_len_{i}", f"caption_len_{i}"
+        text_dims[text] = dim
         context = [c + d - prefix for c, d in zip(context, dim)]
+        token_dim = caption if prefix_cache else text
         specs[f"encoder_{i}"] = GraphSpec(
             f"encoder_{i}",
-            [TensorSpec("input_ids", "int64", ("batch", f"text_len_{i}")),
-             TensorSpec("attention_mask", "int64", ("batch", f"text_len_{i}"))],
-            [TensorSpec("hidden", "float32", ("batch", f"text_len_{i}", enc.hidden_size)),
+            [TensorSpec("input_ids", "int64", ("batch", token_dim)),
+             TensorSpec("attention_mask", "int64", ("batch", token_dim))],
+            [TensorSpec("hidden", "float32", ("batch", text, enc.hidden_size)),
              TensorSpec("pooled", "float32", ("batch", enc.hidden_size))],
-            {"batch": batch, f"text_len_{i}": dim})
+            {"batch": batch, token_dim: tuple(d - prefix for d in dim) if prefix_cache else dim},
+            {text: f"{caption} + {prefix}"} if prefix_cache else {})
     refiner_inputs = [TensorSpec("timestep", "float32", ("batch",))]
     for i, enc in enumerate(config.encoders):
         h, m, p = refiner_input_names(i)

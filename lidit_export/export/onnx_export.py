@@ -38,8 +38,12 @@ class RefinerGraph(nn.Module):
         return self.refiner(hidden, masks, pooled, timestep)
 
 
-def component_modules(pipe) -> dict[str, nn.Module]:
-    modules = {f"encoder_{i}": enc for i, enc in enumerate(pipe.encoders)}
+def component_modules(pipe, prefix_cache: bool = False) -> dict[str, nn.Module]:
+    """The module each graph is traced from; prefix_cache bakes each LLM's prefix states in."""
+    from ..model.llm_encoder import PrefixCachedEncoder
+
+    modules = {f"encoder_{i}": PrefixCachedEncoder(enc, tok.prefix_ids) if prefix_cache else enc
+               for i, (enc, tok) in enumerate(zip(pipe.encoders, pipe.tokenizers))}
     modules["refiner"] = RefinerGraph(pipe.refiner, len(pipe.encoders))
     modules["dit"] = pipe.transformer
     modules["vae_decoder"] = pipe.vae_decoder

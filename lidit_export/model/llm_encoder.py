@@ -108,3 +108,46 @@ def encoder_config_for(folder: str | Path, relpath: str, system_prompt: str = ""
     return EncoderConfig(path=relpath, hidden_size=hf_config.hidden_size, num_hidden_layers=hf_config.num_hidden_layers,
                          prefix_text=prefix, suffix_text=suffix, pad_token_id=int(pad), system_prompt=system_prompt,
                          instruction=instruction, max_length=max_length, dtype=dtype)
+
+
+class PrefixCachedEncoder(nn.Module):
+    """The encoder with its constant prefix (system prompt + instruction) computed once and baked in.
+
+    The LLM is causal, so the prefix's per-layer keys/values and its feature-layer states never depend
+    on the caption. This module holds them as buffers and runs only the caption (+ template suffix)
+    tokens, attending to the cached prefix; it returns exactly what LLMEncoder returns for the full
+    sequence: hidden (B, P + Lc, H) and the pooled mean over all valid tokens, prefix included.
+    """
+
+    def __init__(self, encoder: LLMEncoder, prefix_ids: list[int]):
+        super().__init__()
+        import inspect
+
+        self.model = encoder.model
+        self.prefix_length = len(prefix_ids)
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        ids = torch.tensor([prefix_ids])
+        with torch.no_grad():
+            out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        self.num_layers = len(cache.layers)
+        for i, layer in enumerate(cache.layers):
+            self.register_buffer(f"prefix_key_{i}", layer.keys.detach().clone())  # (1, kv_heads, P, head_dim)
+            self.register_buffer(f"prefix_value_{i}", layer.values.detach().clone())
+        self.register_buffer("prefix_hidden", out.last_hidden_state.detach().clone())  # (1, P, H)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Caption(+suffix) ids (B, Lc) and mask -> hidden (B, P + Lc, H), pooled (B, H)."""
+        from transformers import DynamicCache
+
+        B = input_ids.shape[0]
+        cache = DynamicCache(config=self.model.config)
+        for i in range(self.num_layers):  # a fresh cache per call: the buffers are never mutated
+            cache.update(getattr(self, f"prefix_key_{i}").expand(B, -1, -1, -1),
+                         getattr(self, f"prefix_value_{i}").expand(B, -1, -1, -1), i)
+        ones = torch.ones(B, self.prefix_length, dtype=attention_mask.dtype, device=attention_mask.device)
+        full_mask = torch.cat([ones, attention_mask], dim=1)
+        caption = self.model(input_ids=input_ids, attention_mask=full_mask, use_cache=True,
+                             **{self._cache_kwarg: cache}).last_hidden_state
+        hidden = torch.cat([self.prefix_hidden.expand(B, -1, -1).to(caption.dtype), caption], dim=1)
+        return hidden, masked_mean(hidden, full_mask)

@@ -26,6 +26,13 @@ class EncoderRecord:
     max_length: int
     pad_token_id: int
     prefix_length: int
+    prefix_cached: bool = False  # the encoder graph holds the prefix states and takes caption tokens only
+
+    def encoder_inputs(self, input_ids, attention_mask) -> dict:
+        """Feeds of this LLM's encoder graph for full-prompt tokens (drops the prefix when it is baked in)."""
+        if self.prefix_cached:
+            input_ids, attention_mask = input_ids[:, self.prefix_length:], attention_mask[:, self.prefix_length:]
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 @dataclass
@@ -56,7 +63,6 @@ class Manifest:
     encoders: list[EncoderRecord]
     components: dict[str, ComponentRecord]
     tool_versions: dict = field(default_factory=dict)
-    prefix_cache: bool = False
 
     @property
     def scheduler_config(self) -> SchedulerConfig:

@@ -57,9 +57,54 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return (np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
+def encode_conditions(backend: Backend, tokenizers: Sequence[PromptTokenizer], prompts: list[str],
+                      negative: str | None, uncond_cache: dict | None):
+    """Encoder outputs for [prompts; negative x B] (or prompts alone when negative is None).
+
+    Returns per LLM: hidden (R, L, H), mask (R, L), pooled (R, H) as backend arrays, R = 2B or B.
+    Cached unconditional rows are padded with zero states and mask 0; padded tokens are masked in every
+    attention and excluded from the pooled mean, so this equals encoding the rows together.
+    """
+    batch = len(prompts)
+    hidden, masks, pooled = [], [], []
+    for index, tokenizer in enumerate(tokenizers):
+        if negative is None or uncond_cache is None:
+            tokens = tokenizer(prompts + ([negative] * batch if negative is not None else []))
+            mask = backend.asarray(tokens.attention_mask)
+            h, p = backend.encode_prompt(index, backend.asarray(tokens.input_ids), mask)
+            hidden.append(h)
+            masks.append(mask)
+            pooled.append(p)
+            continue
+        key = (index, negative)
+        if key not in uncond_cache:
+            t = tokenizer([negative])
+            h, p = backend.encode_prompt(index, backend.asarray(t.input_ids), backend.asarray(t.attention_mask))
+            uncond_cache[key] = (backend.to_numpy(h).copy(), backend.to_numpy(p).copy(), t.attention_mask)
+        u_hidden, u_pooled, u_mask = uncond_cache[key]
+        cond = tokenizer(prompts)
+        length = max(cond.input_ids.shape[1], u_mask.shape[1])
+        if cond.input_ids.shape[1] < length:
+            cond = tokenizer(prompts, pad_to=length)
+        pad = length - u_mask.shape[1]
+        u_hidden = np.pad(u_hidden, ((0, 0), (0, pad), (0, 0)))
+        u_mask = np.pad(u_mask, ((0, 0), (0, pad)))
+        h, p = backend.encode_prompt(index, backend.asarray(cond.input_ids), backend.asarray(cond.attention_mask))
+        hidden.append(backend.concat([h, backend.asarray(np.repeat(u_hidden, batch, 0))], axis=0))
+        masks.append(backend.asarray(np.concatenate([cond.attention_mask, np.repeat(u_mask, batch, 0)])))
+        pooled.append(backend.concat([p, backend.asarray(np.repeat(u_pooled, batch, 0))], axis=0))
+    return hidden, masks, pooled
+
+
 def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry: LatentGeometry,
               scheduler: SchedulerConfig, request: GenerateRequest, *, keep_trajectory: bool = False,
-              on_step: Callable[[int, int], None] | None = None) -> GenerateResult:
+              on_step: Callable[[int, int], None] | None = None, uncond_cache: dict | None = None) -> GenerateResult:
+    """Tokenize -> encoders -> per step (refiner + DiT + CFG + sampler update) -> VAE decoder.
+
+    uncond_cache: a dict kept by the caller across requests; the unconditional (negative prompt)
+    encoder outputs are then computed once and reused (they never change). Without it, cond and
+    uncond rows are encoded together as one 2B batch.
+    """
     timings: dict[str, float] = {}
     clock = time.perf_counter
     t_start = clock()
@@ -67,17 +112,9 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
     shape = geometry.latent_shape(batch, request.height, request.width)
     plan = make_plan(scheduler, request.steps)
     guided = request.cfg != 1.0
-    captions = list(request.prompts) + ([request.negative_prompt] * batch if guided else [])
 
-    # Prompt encoding: once per request; cond and uncond rows go through as one 2B batch.
-    hidden, masks, pooled = [], [], []
-    for index, tokenizer in enumerate(tokenizers):
-        tokens = tokenizer(captions)
-        mask = backend.asarray(tokens.attention_mask)
-        h, p = backend.encode_prompt(index, backend.asarray(tokens.input_ids), mask)
-        hidden.append(h)
-        masks.append(mask)
-        pooled.append(p)
+    hidden, masks, pooled = encode_conditions(backend, tokenizers, list(request.prompts),
+                                              request.negative_prompt if guided else None, uncond_cache)
     pooled_all = backend.concat(pooled, axis=-1)
     backend.synchronize()
     timings["encode"] = clock() - t_start
@@ -86,7 +123,7 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
     x = backend.asarray(initial_noise(shape, request.seed))
     trajectory = []
     t_refine = t_dit = 0.0
-    rows = len(captions)
+    rows = 2 * batch if guided else batch
     for i in range(plan.num_steps):
         t0 = clock()
         timestep = backend.asarray(np.full((rows,), plan.timesteps[i], dtype=np.float32))
@@ -125,6 +162,7 @@ class Pipeline:
         self.tokenizers = list(tokenizers)
         self.geometry = LatentGeometry(manifest.latent_channels, manifest.vae_scale_factor, manifest.patch_size)
         self.scheduler = manifest.scheduler_config
+        self.uncond_cache: dict = {}  # negative-prompt encoder outputs, computed once per pipeline
 
     @classmethod
     def load(cls, build_dir, backend: str = "onnxruntime", providers: Sequence[str] | None = None,
@@ -154,4 +192,4 @@ class Pipeline:
             cfg=self.scheduler.default_cfg if cfg is None else cfg, seed=seed,
             height=height or self.manifest.default_height, width=width or self.manifest.default_width)
         return run_chain(self.backend, self.tokenizers, self.geometry, self.scheduler, request,
-                         keep_trajectory=keep_trajectory, on_step=on_step)
+                         keep_trajectory=keep_trajectory, on_step=on_step, uncond_cache=self.uncond_cache)

@@ -36,6 +36,7 @@ class OnnxRuntimeBackend:
                 raise ArtifactError(f"ONNX Runtime cannot load {record.file}: {str(e).splitlines()[0]}; "
                                     "re-run `lidit-export export`") from None
         self.output_names = {n: [o.name for o in s.get_outputs()] for n, s in self.sessions.items()}
+        self.encoders = manifest.encoders
         self._buffers: dict[tuple, list[np.ndarray]] = {}
 
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -71,7 +72,8 @@ class OnnxRuntimeBackend:
         pass
 
     def encode_prompt(self, index, input_ids, attention_mask):
-        hidden, pooled = self.run(f"encoder_{index}", {"input_ids": input_ids, "attention_mask": attention_mask})
+        feeds = self.encoders[index].encoder_inputs(input_ids, attention_mask)
+        hidden, pooled = self.run(f"encoder_{index}", feeds)
         return hidden.copy(), pooled.copy()  # reused across every step: take them out of the shared buffers
 
     def refine_tokens(self, hidden, masks, pooled, timestep):

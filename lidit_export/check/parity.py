@@ -1,0 +1,155 @@
+"""The parity ladder: per component -> per-step latent cosine along the trajectory -> final image.
+
+Both sides get the same inputs: the same prompts, the same seed and host-drawn noise, the same
+sampler (the shared chain); only the backend that executes the graphs differs.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lidit_runtime.manifest import MANIFEST, load_manifest
+from lidit_runtime.pipeline import GenerateRequest, Pipeline
+
+from ..artifacts import atomic_write_bytes, atomic_write_text
+from ..model.pipeline import LiDiTPipeline
+from .metrics import psnr, ssim, tensor_errors
+
+# One table of fixed thresholds per precision. FP32: the exported graph computes the same math in the
+# same precision; differences are kernel summation order only (measured ~1e-6 relative).
+THRESHOLDS = {
+    "fp32": {"component_rel_l2": 1e-4, "step_cosine": 0.9999, "image_psnr_db": 40.0, "image_ssim": 0.99},
+}
+PIXEL_STD_FLOOR = 2.0  # a flat image means a dead pipeline, whatever it matches
+
+
+@dataclass
+class ParityReport:
+    precision: str
+    thresholds: dict
+    components: list = field(default_factory=list)
+    trajectory: dict = field(default_factory=dict)
+    image: dict = field(default_factory=dict)
+    failures: list = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def parity_shapes(manifest, config) -> list[dict]:
+    """Three shapes per component: batch, text length and latent size all varied, including values
+    strictly between the profile's min and max (not only at them)."""
+    dims = manifest.components["dit"].dims
+    lat_min, lat_opt, lat_max = dims["latent_height"]
+    patch = config.transformer.patch_size
+    mid = lat_min + ((lat_max - lat_min) // 2 // patch) * patch + patch
+    shapes = []
+    for batch, text_at, latent in ((1, 0.0, (lat_opt, lat_opt)), (3, 0.5, (mid, lat_min)), (2, 0.9, (lat_min, mid))):
+        lengths = []
+        for i in range(len(config.encoders)):
+            lo, _, hi = manifest.components["refiner"].dims[f"text_len_{i}"]
+            lengths.append(None if text_at == 0.0 else int(lo + (hi - lo) * text_at))
+        shapes.append({"batch": batch, "text_lengths": lengths, "latent_hw": list(latent)})
+    return shapes
+
+
+@torch.inference_mode()
+def check_components(pipe: LiDiTPipeline, runtime: Pipeline, shapes: list[dict], limit: float) -> list[dict]:
+    from ..export.onnx_export import component_inputs, component_modules
+
+    modules = component_modules(pipe)
+    rows = []
+    for shape in shapes:
+        feeds = component_inputs(pipe, shape["batch"], shape["text_lengths"], tuple(shape["latent_hw"]), seed=7)
+        for name, inputs in feeds.items():
+            expected = modules[name](*(torch.from_numpy(v) for v in inputs.values()))
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            if name.startswith("encoder_"):  # a prefix-cached graph takes the caption tokens only
+                graph_feeds = runtime.manifest.encoders[int(name.split("_")[1])].encoder_inputs(**inputs)
+            else:
+                graph_feeds = inputs
+            actual = runtime.backend.run(name, graph_feeds)
+            for out_name, a, e in zip(runtime.backend.output_names[name], actual, expected):
+                errors = tensor_errors(a, e.float().numpy())
+                rows.append({"component": name, "output": out_name, "shape": list(a.shape),
+                             "inputs": {k: list(v.shape) for k, v in inputs.items()}, **errors,
+                             "passed": errors["rel_l2"] <= limit})
+    return rows
+
+
+def run_parity(model_dir: str | Path, build_dir: str | Path, out_dir: str | Path | None = None,
+               prompt: str = "a red circle to the left of a blue square", steps: int = 8, cfg: float = 5.0,
+               seed: int = 0, height: int | None = None, width: int | None = None,
+               precision: str = "fp32") -> ParityReport:
+    build_dir = Path(build_dir)
+    out_dir = Path(out_dir or build_dir / "parity")
+    limits = THRESHOLDS[precision]
+    pipe = LiDiTPipeline.from_pretrained(model_dir)
+    runtime = Pipeline.load(build_dir)
+    report = ParityReport(precision, limits)
+
+    shapes = parity_shapes(runtime.manifest, pipe.config)
+    report.components = check_components(pipe, runtime, shapes, limits["component_rel_l2"])
+    report.failures += [f"{r['component']}.{r['output']} at {r['inputs']}: rel_l2 {r['rel_l2']:.2e} > "
+                        f"{limits['component_rel_l2']:.0e}" for r in report.components if not r["passed"]]
+
+    request = GenerateRequest([prompt], steps=steps, cfg=cfg, seed=seed, height=height or pipe.config.default_height,
+                              width=width or pipe.config.default_width)
+    ref = pipe.generate(request, keep_trajectory=True)
+    out = runtime.generate(prompt, steps=steps, cfg=cfg, seed=seed, height=request.height, width=request.width,
+                           keep_trajectory=True)
+    cosines = [tensor_errors(a, r)["cosine"] for a, r in zip(out.trajectory, ref.trajectory)]
+    report.trajectory = {"steps": steps, "cfg": cfg, "seed": seed, "cosine_per_step": cosines,
+                         "min_cosine": min(cosines)}
+    if min(cosines) < limits["step_cosine"]:
+        worst = int(np.argmin(cosines))
+        report.failures.append(f"latent cosine {cosines[worst]:.6f} at step {worst} < {limits['step_cosine']}")
+
+    a, r = out.images[0], ref.images[0]
+    # PSNR of identical images is infinite; JSON has no infinity, so it is capped at 100 dB.
+    report.image = {"psnr_db": min(psnr(a, r), 100.0), "ssim": ssim(a, r), "finite": bool(np.isfinite(out.latents).all()),
+                    "pixel_std": float(a.std()), "reference_pixel_std": float(r.std()),
+                    "resolution": [request.height, request.width], "prompt": prompt}
+    if report.image["psnr_db"] < limits["image_psnr_db"]:
+        report.failures.append(f"image PSNR {report.image['psnr_db']:.1f} dB < {limits['image_psnr_db']} dB")
+    if report.image["ssim"] < limits["image_ssim"]:
+        report.failures.append(f"image SSIM {report.image['ssim']:.4f} < {limits['image_ssim']}")
+    if not report.image["finite"] or report.image["pixel_std"] < PIXEL_STD_FLOOR:
+        report.failures.append(f"unhealthy image: finite={report.image['finite']}, pixel std "
+                               f"{report.image['pixel_std']:.2f} (floor {PIXEL_STD_FLOOR})")
+
+    write_report(report, out_dir, r, a)
+    if report.passed:
+        record_validated_shapes(build_dir, report)
+    return report
+
+
+def write_report(report: ParityReport, out_dir: Path, reference: np.ndarray, exported: np.ndarray) -> None:
+    from PIL import Image
+
+    data = {"passed": report.passed, "precision": report.precision, "thresholds": report.thresholds,
+            "failures": report.failures, "image": report.image, "trajectory": report.trajectory,
+            "components": report.components}
+    atomic_write_text(out_dir / "parity.json", json.dumps(data, indent=2) + "\n")
+    diff = np.abs(exported.astype(np.int16) - reference.astype(np.int16))
+    diff = np.clip(diff * 10, 0, 255).astype(np.uint8)  # x10 so that small errors are visible
+    strip = np.concatenate([reference, exported, diff], axis=1)
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(strip).save(buf, format="PNG")
+    atomic_write_bytes(out_dir / "parity.png", buf.getvalue())
+
+
+def record_validated_shapes(build_dir: Path, report: ParityReport) -> None:
+    """Store the shapes each graph was checked at in the manifest (what 'validated' means)."""
+    manifest = load_manifest(build_dir)
+    for name, record in manifest.components.items():
+        seen = {json.dumps(r["inputs"], sort_keys=True) for r in report.components if r["component"] == name}
+        record.validated_shapes = [json.loads(s) for s in sorted(seen)]
+    atomic_write_text(build_dir / MANIFEST, manifest.to_json())
