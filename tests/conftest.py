@@ -39,3 +39,12 @@ def smol_folder(tmp_path_factory):
     from lidit_export.presets import create_preset
 
     return create_preset("smol", tmp_path_factory.mktemp("models") / "smol", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tiny_folder, tmp_path_factory):
+    from lidit_export.export.export_build import export_model
+
+    build = tmp_path_factory.mktemp("builds") / "tiny"
+    export_model(tiny_folder, build, progress=lambda *_: None)
+    return build

@@ -39,3 +39,11 @@ def test_pad_to_fixes_the_length_and_refuses_too_short(tiny_pipe):
     assert tok(["a cat"], pad_to=100).input_ids.shape == (1, 100)
     with pytest.raises(ShapeError, match="pad_to=3"):
         tok(["a cat"], pad_to=3)
+
+
+def test_an_empty_caption_still_leaves_one_masked_position_after_the_prefix(tiny_pipe):
+    tok = tiny_pipe.tokenizers[1]  # no chat template, so no suffix tokens
+    assert tok.suffix_ids == []
+    t = tok([""])
+    assert t.input_ids.shape[1] == t.prefix_length + 1
+    assert t.attention_mask[0, -1] == 0

@@ -15,6 +15,7 @@ from pathlib import Path
 from lidit_runtime.manifest import FORMAT, MANIFEST, ComponentRecord, EncoderRecord, Manifest, file_sha256
 
 from .. import __version__
+from ..errors import ArtifactError
 from ..artifacts import atomic_write_text
 from ..model.pipeline import INDEX, WEIGHTS, LiDiTPipeline
 from .graph_spec import ShapeProfile, graph_specs
@@ -65,8 +66,8 @@ def load_previous(build_dir: Path) -> dict[str, ComponentRecord]:
     from lidit_runtime.manifest import load_manifest
 
     try:
-        return load_manifest(build_dir).components
-    except Exception:  # no or unreadable manifest: everything is redone
+        return load_manifest(build_dir, check_files=False).components
+    except ArtifactError:  # no or unreadable manifest: everything is redone
         return {}
 
 

@@ -72,7 +72,9 @@ class Manifest:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
 
 
-def load_manifest(build_dir: str | Path, verify: bool = False) -> Manifest:
+def load_manifest(build_dir: str | Path, verify: bool = False, check_files: bool = True) -> Manifest:
+    """Read and validate BUILD/manifest.json. verify: also compare every file with its sha256.
+    check_files=False reads the records even when files are missing (how a resumed build sees them)."""
     build_dir = Path(build_dir)
     path = build_dir / MANIFEST
     if not path.exists():
@@ -90,7 +92,7 @@ def load_manifest(build_dir: str | Path, verify: bool = False) -> Manifest:
         manifest = Manifest(**data)
     except TypeError as e:
         raise ArtifactError(f"{path} does not match the manifest schema ({e}); re-run `lidit-export export`") from None
-    for record in manifest.components.values():
+    for record in manifest.components.values() if check_files else ():
         file = build_dir / record.file
         if not file.exists():
             raise ArtifactError(f"{file} listed in the manifest is missing; re-run `lidit-export export`")

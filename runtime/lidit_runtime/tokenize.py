@@ -61,7 +61,9 @@ class PromptTokenizer:
                             len(ids), self.caption_room, self.max_length, caption)
                 ids = ids[: self.caption_room]
             rows.append(self.prefix_ids + ids + self.suffix_ids)
-        length = max(len(r) for r in rows)
+        # At least one position after the prefix (masked when the caption and suffix are empty): graphs
+        # with the prefix baked in then never see a zero-length input.
+        length = max(max(len(r) for r in rows), len(self.prefix_ids) + 1)
         if pad_to is not None:
             if pad_to < length or pad_to > self.max_length:
                 raise ShapeError(f"pad_to={pad_to} must lie between the longest prompt ({length}) and max_length "
