@@ -85,6 +85,12 @@ def _cmd_parity(args) -> None:
     if not report.passed:
         raise LiditError("parity failed: " + "; ".join(report.failures))
     print("parity passed")
+    if args.polygraphy:
+        from .check.parity import dump_polygraphy
+
+        print("polygraphy inputs and reference outputs written; compare each graph with:")
+        for command in dump_polygraphy(args.model, args.build):
+            print(f"  {command}")
 
 
 def _cmd_info(args) -> None:
@@ -157,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="a red circle to the left of a blue square")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--polygraphy", action="store_true",
+                   help="also write per-graph inputs + reference outputs for `polygraphy run` (printed)")
     p.set_defaults(func=_cmd_parity)
 
     p = sub.add_parser("info", help="components, parameter counts, FLOPs per denoising step")

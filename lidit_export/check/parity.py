@@ -153,3 +153,44 @@ def record_validated_shapes(build_dir: Path, report: ParityReport) -> None:
         seen = {json.dumps(r["inputs"], sort_keys=True) for r in report.components if r["component"] == name}
         record.validated_shapes = [json.loads(s) for s in sorted(seen)]
     atomic_write_text(build_dir / MANIFEST, manifest.to_json())
+
+
+POLYGRAPHY_COMMAND = ("polygraphy run {graph} --onnxrt --load-inputs {inputs} --load-outputs {reference} "
+                      "--atol 1e-4 --rtol 1e-3")
+
+
+@torch.inference_mode()
+def dump_polygraphy(model_dir: str | Path, build_dir: str | Path, out_dir: str | Path | None = None) -> list[str]:
+    """Write each graph's inputs and PyTorch reference outputs in polygraphy's formats; returns the
+    `polygraphy run` commands that compare ONNX Runtime (add --trt for TensorRT) against them."""
+    try:
+        from polygraphy.comparator import IterationResult, RunResults
+        from polygraphy.json import save_json
+    except ImportError:
+        from ..errors import LiditError
+
+        raise LiditError("polygraphy is not installed; run `pip install polygraphy` (or install the [dev] extra)") from None
+    from ..export.onnx_export import component_inputs, component_modules
+
+    build_dir = Path(build_dir)
+    out_dir = Path(out_dir or build_dir / "parity" / "polygraphy")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pipe = LiDiTPipeline.from_pretrained(model_dir)
+    manifest = load_manifest(build_dir)
+    shape = parity_shapes(manifest, pipe.config)[1]
+    feeds = component_inputs(pipe, shape["batch"], shape["text_lengths"], tuple(shape["latent_hw"]), seed=7)
+    modules = component_modules(pipe)
+    commands = []
+    for name, record in manifest.components.items():
+        inputs = feeds[name]
+        expected = modules[name](*(torch.from_numpy(v) for v in inputs.values()))
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        if name.startswith("encoder_"):
+            inputs = manifest.encoders[int(name.split("_")[1])].encoder_inputs(**inputs)
+        outputs = {o["name"]: e.float().numpy() for o, e in zip(record.outputs, expected)}
+        inputs_file, reference_file = out_dir / f"{name}_inputs.json", out_dir / f"{name}_reference.json"
+        save_json([inputs], str(inputs_file))
+        RunResults([("torch-reference", [IterationResult(outputs, runner_name="torch-reference")])]).save(str(reference_file))
+        commands.append(POLYGRAPHY_COMMAND.format(graph=build_dir / record.file, inputs=inputs_file,
+                                                  reference=reference_file))
+    return commands

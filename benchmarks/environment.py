@@ -1,0 +1,40 @@
+"""Hardware and version facts recorded with every benchmark result."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+
+
+def describe_environment() -> dict:
+    from lidit_export.export.export_build import tool_versions
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        memory_gib = None
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = {"name": torch.cuda.get_device_name(0), "capability": list(torch.cuda.get_device_capability(0))}
+    except ImportError:
+        pass
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "memory_gib": memory_gib, "gpu": gpu, "versions": tool_versions()}
+
+
+def percentiles(samples: list[float]) -> dict:
+    import numpy as np
+
+    a = np.asarray(samples) * 1000.0
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "mean_ms": float(a.mean()), "min_ms": float(a.min()), "repetitions": len(samples)}
