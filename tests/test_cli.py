@@ -38,3 +38,20 @@ def test_bad_resolution_exits_2_with_a_one_line_error(tiny_folder, tmp_path, cap
 def test_unknown_preset_exits_2(tmp_path, capsys):
     assert main(["init", "--preset", "huge", "--out", str(tmp_path / "m")]) == 2
     assert "choose one of" in capsys.readouterr().err
+
+
+def test_export_then_generate_with_onnxruntime_and_check_parity(tiny_folder, tmp_path, capsys):
+    build = tmp_path / "build"
+    assert main(["export", "--model", str(tiny_folder), "--out", str(build)]) == 0
+    png = tmp_path / "ort.png"
+    assert main(["generate", "--backend", "onnxruntime", "--build", str(build), "--prompt", "a red cat",
+                 "--out", str(png), "--steps", "3", "--quiet"]) == 0
+    assert np.asarray(Image.open(png)).shape == (64, 64, 3)
+    assert main(["parity", "--model", str(tiny_folder), "--build", str(build), "--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "parity passed" in out and "onnxruntime" in out
+
+
+def test_onnxruntime_backend_without_a_build_says_what_to_pass(capsys):
+    assert main(["generate", "--backend", "onnxruntime", "--prompt", "x", "--quiet"]) == 2
+    assert "--build DIR" in capsys.readouterr().err

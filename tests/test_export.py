@@ -121,3 +121,20 @@ def test_a_missing_graph_is_re_exported_and_tampering_is_detected(tiny_folder, t
 def test_missing_build_folder_names_the_command_to_run(tmp_path):
     with pytest.raises(ArtifactError, match="lidit-export export"):
         load_manifest(tmp_path / "nothing")
+
+
+def test_large_graphs_keep_their_weights_in_external_data(tiny_pipe, tmp_path):
+    import onnxruntime as ort
+
+    from lidit_export.export.onnx_export import component_inputs, component_modules, export_graph
+
+    spec = graph_specs(tiny_pipe.config)["dit"]
+    feeds = component_inputs(tiny_pipe, 2, None, (8, 8))["dit"]
+    out = tmp_path / "onnx" / "dit.onnx"
+    export_graph(component_modules(tiny_pipe)["dit"], spec, feeds, out, external_data_threshold=0)
+    assert (tmp_path / "onnx" / "dit.onnx.data").stat().st_size > out.stat().st_size
+    assert sorted(p.name for p in out.parent.iterdir()) == ["dit.onnx", "dit.onnx.data"]
+    (result,) = ort.InferenceSession(str(out)).run(None, feeds)
+    with torch.no_grad():
+        expected = tiny_pipe.transformer(*(torch.from_numpy(v) for v in feeds.values()))
+    np.testing.assert_allclose(result, expected.numpy(), rtol=1e-4, atol=1e-5)

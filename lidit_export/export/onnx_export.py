@@ -87,8 +87,10 @@ def component_inputs(pipe, batch: int, text_lengths: list[int] | None, latent_hw
     return out
 
 
-def export_graph(module: nn.Module, spec: GraphSpec, sample: dict[str, np.ndarray], out_file: Path) -> str:
-    """Trace `module` on `sample`, check it, and move it to `out_file` atomically. Returns its sha256."""
+def export_graph(module: nn.Module, spec: GraphSpec, sample: dict[str, np.ndarray], out_file: Path,
+                 external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> str:
+    """Trace `module` on `sample`, check it, and move it to `out_file` atomically. Returns its sha256.
+    Weights above `external_data_threshold` bytes go to `<file>.data` beside the graph."""
     import onnx
 
     out_file = Path(out_file)
@@ -105,7 +107,7 @@ def export_graph(module: nn.Module, spec: GraphSpec, sample: dict[str, np.ndarra
         model = onnx.load(str(raw))  # pulls in any external data torch wrote beside it
         size = sum(t.ByteSize() for t in model.graph.initializer)
         staged = Path(tmp) / out_file.name
-        external = size > EXTERNAL_DATA_THRESHOLD
+        external = size > external_data_threshold
         data_name = out_file.name + ".data"
         onnx.save_model(model, str(staged), save_as_external_data=external, all_tensors_to_one_file=True,
                         location=data_name if external else None)
