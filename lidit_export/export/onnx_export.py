@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..artifacts import sha256_file
+from lidit_runtime.manifest import file_sha256
 from ..errors import ArtifactError
 from .graph_spec import GraphSpec, refiner_input_names
 
@@ -116,7 +116,7 @@ def export_graph(module: nn.Module, spec: GraphSpec, sample: dict[str, np.ndarra
         if external:
             os.replace(Path(tmp) / data_name, out_file.parent / data_name)
         os.replace(staged, out_file)
-    return sha256_file(out_file)
+    return file_sha256(out_file)
 
 
 def check_exported_io(file: Path, spec: GraphSpec) -> None:

@@ -34,16 +34,3 @@ class VAEDecoder(nn.Module):
         image = self.autoencoder.decode(z.to(self.autoencoder.dtype)).sample
         return ((image.float() + 1.0) * 0.5).clamp(0.0, 1.0)
 
-
-class VAEEncoder(nn.Module):
-    """image (B, 3, H, W) in [0, 1] -> latents in diffusion space (posterior mean); used for training."""
-
-    def __init__(self, autoencoder, config: VAEConfig):
-        super().__init__()
-        self.autoencoder = autoencoder
-        self.scaling_factor = config.scaling_factor
-        self.shift_factor = config.shift_factor
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        posterior = self.autoencoder.encode(image.to(self.autoencoder.dtype) * 2.0 - 1.0).latent_dist
-        return ((posterior.mean - self.shift_factor) * self.scaling_factor).float()
