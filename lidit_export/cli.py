@@ -74,6 +74,37 @@ def _cmd_export(args) -> None:
     print(f"wrote {Path(args.out) / 'manifest.json'}: {', '.join(manifest.components)}")
 
 
+def _cmd_build(args) -> None:
+    from .build.build_pipeline import BuildOptions, build_pipeline
+    from .export.graph_spec import ShapeProfile
+
+    options = BuildOptions(precision=args.precision, prompts_file=args.prompts, num_prompts=args.num, steps=args.steps,
+                           seed=args.seed, smoothquant_alpha=args.alpha, prefix_cache=not args.no_prefix_cache,
+                           profile=ShapeProfile(max_batch=args.max_batch, max_image=args.max_image))
+    manifest = build_pipeline(args.model, args.out, options)
+    parts = ", ".join(f"{n} {r.precision}" for n, r in manifest.components.items())
+    print(f"built {args.out} ({parts}); report: {Path(args.out) / 'build_report.json'}")
+    print(f"run it: lidit-export generate --backend onnxruntime --build {args.out} --prompt \"a red cat\"")
+
+
+def _cmd_calibrate(args) -> None:
+    from .model.pipeline import LiDiTPipeline
+    from .quant.calibrate import CalibrationSettings, calibrate
+    from .quant.prompts import load_prompts
+    from .quant.recipes import QuantRecipe
+
+    pipe = LiDiTPipeline.from_pretrained(args.model)
+    sched = pipe.config.scheduler
+    prompts = load_prompts(args.prompts, split="calibration")[: args.num]
+    settings = CalibrationSettings(prompts, steps=args.steps or sched.default_steps, cfg=sched.default_cfg,
+                                   seed=args.seed, height=pipe.config.default_height, width=pipe.config.default_width)
+    result = calibrate(pipe, args.model, QuantRecipe(args.precision, smoothquant_alpha=args.alpha), settings,
+                       Path(args.out) / "calibration")
+    for c, q in result.items():
+        print(f"{c}: {len(q.plan.quantized)} layers calibrated ({len(q.amax)} values), key {q.key}"
+              f"{' (from cache)' if q.from_cache else ''}")
+
+
 def _cmd_parity(args) -> None:
     from .check.parity import run_parity
 
@@ -155,6 +186,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prefix-cache", action="store_true",
                    help="export encoders that run the whole prompt (default: the constant prefix is baked in)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("build", help="every stage that is not up to date: export -> calibrate -> quantize")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True, help="build folder")
+    p.add_argument("--precision", default="fp32", help="fp32 | fp8 | int8 (refiner + DiT; encoders and VAE stay fp32)")
+    p.add_argument("--prompts", default=None, help="calibration prompts (.jsonl or one per line); default: shipped set")
+    p.add_argument("--num", type=int, default=None, help="calibration prompts (default 128 for fp8, 64 for int8)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps while calibrating (default: production)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant alpha (int8)")
+    p.add_argument("--max-batch", type=int, default=4)
+    p.add_argument("--max-image", type=int, default=None)
+    p.add_argument("--no-prefix-cache", action="store_true")
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("calibrate", help="run the reference sampler over prompts; cache quantizer ranges")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True, help="build folder (the cache goes to OUT/calibration)")
+    p.add_argument("--precision", default="fp8", choices=["fp8", "int8"])
+    p.add_argument("--prompts", default=None)
+    p.add_argument("--num", type=int, default=128)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("parity", help="exported graphs vs the PyTorch reference: components, trajectory, image")
     p.add_argument("--model", required=True)

@@ -1,6 +1,4 @@
 """The encoder equals HF hidden_states[-3], runs only the blocks it needs, and ignores right padding."""
-import numpy as np
-import pytest
 import torch
 
 from conftest import needs_smollm2

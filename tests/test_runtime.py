@@ -4,7 +4,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from lidit_runtime.errors import ShapeError
 from lidit_runtime.pipeline import GenerateRequest, Pipeline

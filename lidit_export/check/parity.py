@@ -19,10 +19,14 @@ from ..artifacts import atomic_write_bytes, atomic_write_text
 from ..model.pipeline import LiDiTPipeline
 from .metrics import psnr, ssim, tensor_errors
 
-# One table of fixed thresholds per precision. FP32: the exported graph computes the same math in the
-# same precision; differences are kernel summation order only (measured ~1e-6 relative).
+# One table of fixed thresholds per precision, against the FP32 PyTorch reference.
+# fp32: same math, same precision; only kernel summation order differs (measured <= 2.1e-6 rel L2).
+# fp8 / int8: quantized refiner + DiT; the thresholds bound the drift of quantization itself and are
+# justified by the measurements in the quality report (see README, "Quantization").
 THRESHOLDS = {
     "fp32": {"component_rel_l2": 1e-4, "step_cosine": 0.9999, "image_psnr_db": 40.0, "image_ssim": 0.99},
+    "fp8": {"component_rel_l2": 0.15, "step_cosine": 0.98, "image_psnr_db": 20.0, "image_ssim": 0.7},
+    "int8": {"component_rel_l2": 0.1, "step_cosine": 0.99, "image_psnr_db": 22.0, "image_ssim": 0.75},
 }
 PIXEL_STD_FLOOR = 2.0  # a flat image means a dead pipeline, whatever it matches
 
@@ -59,7 +63,8 @@ def parity_shapes(manifest, config) -> list[dict]:
 
 
 @torch.inference_mode()
-def check_components(pipe: LiDiTPipeline, runtime: Pipeline, shapes: list[dict], limit: float) -> list[dict]:
+def check_components(pipe: LiDiTPipeline, runtime: Pipeline, shapes: list[dict]) -> list[dict]:
+    """Each graph against the FP32 reference module; a graph passes at its own precision's threshold."""
     from ..export.onnx_export import component_inputs, component_modules
 
     modules = component_modules(pipe)
@@ -74,29 +79,33 @@ def check_components(pipe: LiDiTPipeline, runtime: Pipeline, shapes: list[dict],
             else:
                 graph_feeds = inputs
             actual = runtime.backend.run(name, graph_feeds)
+            precision = runtime.manifest.components[name].precision
+            limit = THRESHOLDS[precision]["component_rel_l2"]
             for out_name, a, e in zip(runtime.backend.output_names[name], actual, expected):
                 errors = tensor_errors(a, e.float().numpy())
-                rows.append({"component": name, "output": out_name, "shape": list(a.shape),
+                rows.append({"component": name, "output": out_name, "precision": precision, "shape": list(a.shape),
                              "inputs": {k: list(v.shape) for k, v in inputs.items()}, **errors,
-                             "passed": errors["rel_l2"] <= limit})
+                             "limit": limit, "passed": errors["rel_l2"] <= limit})
     return rows
 
 
 def run_parity(model_dir: str | Path, build_dir: str | Path, out_dir: str | Path | None = None,
                prompt: str = "a red circle to the left of a blue square", steps: int = 8, cfg: float = 5.0,
                seed: int = 0, height: int | None = None, width: int | None = None,
-               precision: str = "fp32") -> ParityReport:
+               pipe: LiDiTPipeline | None = None) -> ParityReport:
+    """The ladder for one build; trajectory and image thresholds are those of the DiT's precision."""
     build_dir = Path(build_dir)
     out_dir = Path(out_dir or build_dir / "parity")
-    limits = THRESHOLDS[precision]
-    pipe = LiDiTPipeline.from_pretrained(model_dir)
+    pipe = pipe or LiDiTPipeline.from_pretrained(model_dir)
     runtime = Pipeline.load(build_dir)
+    precision = runtime.manifest.components["dit"].precision
+    limits = THRESHOLDS[precision]
     report = ParityReport(precision, limits)
 
     shapes = parity_shapes(runtime.manifest, pipe.config)
-    report.components = check_components(pipe, runtime, shapes, limits["component_rel_l2"])
+    report.components = check_components(pipe, runtime, shapes)
     report.failures += [f"{r['component']}.{r['output']} at {r['inputs']}: rel_l2 {r['rel_l2']:.2e} > "
-                        f"{limits['component_rel_l2']:.0e}" for r in report.components if not r["passed"]]
+                        f"{r['limit']:.0e}" for r in report.components if not r["passed"]]
 
     request = GenerateRequest([prompt], steps=steps, cfg=cfg, seed=seed, height=height or pipe.config.default_height,
                               width=width or pipe.config.default_width)

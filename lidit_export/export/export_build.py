@@ -17,7 +17,7 @@ from lidit_runtime.manifest import FORMAT, MANIFEST, ComponentRecord, EncoderRec
 from .. import __version__
 from ..errors import ArtifactError
 from ..artifacts import atomic_write_text
-from ..model.pipeline import INDEX, WEIGHTS, LiDiTPipeline
+from ..model.pipeline import WEIGHTS, LiDiTPipeline
 from .graph_spec import ShapeProfile, graph_specs
 from .onnx_export import OPSET, check_exported_io, component_inputs, component_modules, copy_tokenizers, export_graph
 
@@ -72,9 +72,12 @@ def load_previous(build_dir: Path) -> dict[str, ComponentRecord]:
 
 
 def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapeProfile | None = None,
-                 prefix_cache: bool = True, pipe: LiDiTPipeline | None = None, progress=print) -> Manifest:
+                 prefix_cache: bool = True, pipe: LiDiTPipeline | None = None, progress=print,
+                 quantized: dict | None = None, precision: str = "fp32") -> Manifest:
     """Export every component. prefix_cache (default on) bakes each LLM's constant prefix into its
-    encoder graph, which then runs the caption tokens only."""
+    encoder graph, which then runs the caption tokens only. quantized: component -> Calibrated
+    (from quant.calibrate) exported as `precision` Q/DQ graphs in place of the FP32 ones."""
+    quantized = quantized or {}
     model_dir, build_dir = Path(model_dir), Path(build_dir)
     pipe = pipe or LiDiTPipeline.from_pretrained(model_dir)
     config = pipe.config
@@ -83,7 +86,7 @@ def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapePro
     opt = [specs["refiner"].dims[f"text_len_{i}"][1] for i in range(len(config.encoders))]
     latent = specs["dit"].dims["latent_height"][1]
     sample = component_inputs(pipe, batch=2, text_lengths=opt, latent_hw=(latent, latent))
-    modules = component_modules(pipe, prefix_cache)
+    modules = component_modules(pipe, prefix_cache, {c: q.module for c, q in quantized.items()})
     prefixes = config.refiner.prefix_lengths
     if prefix_cache:  # cached encoder graphs are traced on caption tokens only
         for i, p in enumerate(prefixes):
@@ -91,17 +94,22 @@ def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapePro
     records = {}
     for name, spec in specs.items():
         key = input_key(model_dir, pipe, name, spec, prefix_cache)
+        graph_precision = precision if name in quantized else "fp32"
+        if name in quantized:  # the calibration key covers the recipe, settings and weights
+            key = hashlib.sha256(f"{key}:{precision}:{quantized[name].key}".encode()).hexdigest()
         file = f"onnx/{name}.onnx"
         old = previous.get(name)
         if old and old.input_key == key and (build_dir / file).exists() and file_sha256(build_dir / file) == old.sha256:
-            progress(f"  {name}: up to date")
+            progress(f"  {name} ({graph_precision}): up to date")
             records[name] = old
             continue
-        progress(f"  {name}: exporting ...")
+        progress(f"  {name} ({graph_precision}): exporting ...")
         digest = export_graph(modules[name], spec, sample[name], build_dir / file)
         check_exported_io(build_dir / file, spec)
         records[name] = ComponentRecord(
-            name=name, file=file, sha256=digest, precision="fp32",
+            name=name, file=file, sha256=digest, precision=graph_precision,
+            # Q/DQ graphs run at ORT_ENABLE_BASIC: CPU INT8 is inexact at higher levels on AVX2-only CPUs.
+            ort_optimization="basic" if name in quantized else "all",
             inputs=[asdict(t) for t in spec.inputs], outputs=[asdict(t) for t in spec.outputs],
             dims={k: list(v) for k, v in spec.dims.items()}, derived_dims=spec.derived_dims, input_key=key)
     tokenizer_files = copy_tokenizers(pipe, build_dir)

@@ -19,6 +19,7 @@ from torch import nn
 
 from lidit_runtime.manifest import file_sha256
 from ..errors import ArtifactError
+from .graph_passes import standardize_fp8_qdq
 from .graph_spec import GraphSpec, refiner_input_names
 
 OPSET = 19
@@ -35,17 +36,20 @@ class RefinerGraph(nn.Module):
 
     def forward(self, timestep, *flat):
         hidden, masks, pooled = list(flat[0::3]), list(flat[1::3]), list(flat[2::3])
-        return self.refiner(hidden, masks, pooled, timestep)
+        context, mask = self.refiner(hidden, masks, pooled, timestep)
+        return context.float(), mask  # graph I/O stays float32 whatever the refiner computes in
 
 
-def component_modules(pipe, prefix_cache: bool = False) -> dict[str, nn.Module]:
-    """The module each graph is traced from; prefix_cache bakes each LLM's prefix states in."""
+def component_modules(pipe, prefix_cache: bool = False, replace: dict[str, nn.Module] | None = None) -> dict[str, nn.Module]:
+    """The module each graph is traced from; prefix_cache bakes each LLM's prefix states in, `replace`
+    swaps in other versions of the refiner / DiT (e.g. ModelOpt-quantized copies)."""
     from ..model.llm_encoder import PrefixCachedEncoder
 
+    replace = replace or {}
     modules = {f"encoder_{i}": PrefixCachedEncoder(enc, tok.prefix_ids) if prefix_cache else enc
                for i, (enc, tok) in enumerate(zip(pipe.encoders, pipe.tokenizers))}
-    modules["refiner"] = RefinerGraph(pipe.refiner, len(pipe.encoders))
-    modules["dit"] = pipe.transformer
+    modules["refiner"] = RefinerGraph(replace.get("refiner", pipe.refiner), len(pipe.encoders))
+    modules["dit"] = replace.get("dit", pipe.transformer)
     modules["vae_decoder"] = pipe.vae_decoder
     return modules
 
@@ -105,6 +109,7 @@ def export_graph(module: nn.Module, spec: GraphSpec, sample: dict[str, np.ndarra
                               output_names=[t.name for t in spec.outputs],
                               dynamic_axes=spec.dynamic_axes, do_constant_folding=True)
         model = onnx.load(str(raw))  # pulls in any external data torch wrote beside it
+        standardize_fp8_qdq(model)  # no-op unless ModelOpt FP8 quantizers were traced
         size = sum(t.ByteSize() for t in model.graph.initializer)
         staged = Path(tmp) / out_file.name
         external = size > external_data_threshold

@@ -3,4 +3,6 @@ from .errors import ArtifactError, ConfigError, LiditError, ShapeError
 from .pipeline import GenerateRequest, GenerateResult, LatentGeometry, Pipeline, run_chain
 from .sampler import SchedulerConfig, make_plan
 
+__all__ = ["ArtifactError", "ConfigError", "LiditError", "ShapeError", "GenerateRequest", "GenerateResult",
+           "LatentGeometry", "Pipeline", "run_chain", "SchedulerConfig", "make_plan"]
 __version__ = "0.1.0"

@@ -1,0 +1,146 @@
+"""Calibration: run the real reference sampler (real prompts, CFG batch, every timestep, production
+resolution, fixed seed) with ModelOpt's quantizers observing the refiner and the DiT.
+
+The result (the quantized components' state: weights as SmoothQuant left them, amax and pre-quant
+scales) is cached as safetensors under a key made of the model's weights, the recipe and every
+calibration setting; a second run with the same key restores it instead of recalibrating.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lidit_runtime.manifest import file_sha256
+from lidit_runtime.pipeline import GenerateRequest
+
+from ..artifacts import atomic_directory
+from ..errors import ArtifactError, ConfigError
+from ..model.pipeline import WEIGHTS
+from .recipes import LayerPlan, QuantRecipe, modelopt, modelopt_config, plan_layers
+
+log = logging.getLogger(__name__)
+MODULE_ATTR = {"refiner": "refiner", "dit": "transformer"}
+
+
+@dataclass
+class CalibrationSettings:
+    prompts: list[str]
+    steps: int = 20
+    cfg: float = 5.0
+    seed: int = 0
+    height: int = 256
+    width: int = 256
+    batch: int = 4  # prompts per sampler call (2x rows with CFG)
+
+    def validate(self) -> "CalibrationSettings":
+        if not self.prompts:
+            raise ConfigError("calibration needs at least one prompt; pass --prompts FILE with one caption per line")
+        if self.steps < 1 or self.batch < 1:
+            raise ConfigError("calibration steps and batch must be >= 1")
+        return self
+
+
+@dataclass
+class QuantizedComponent:
+    component: str
+    module: nn.Module  # the quantized (fake-quant) or cast copy that is exported
+    plan: LayerPlan | None  # None for plain casts (fp16 / bf16)
+    key: str  # identifies the calibration (or cast); part of the graph's input key
+    from_cache: bool = False
+    amax: dict = field(default_factory=dict)
+
+
+def calibration_key(model_dir: Path, pipe, recipe: QuantRecipe, settings: CalibrationSettings) -> str:
+    import importlib.metadata as md
+
+    h = hashlib.sha256()
+    h.update(json.dumps({"recipe": recipe.to_dict(), "settings": asdict(settings), "config": pipe.config.to_dict(),
+                         "modelopt": md.version("nvidia-modelopt")}, sort_keys=True).encode())
+    files = [WEIGHTS["refiner"], WEIGHTS["transformer"]] + [f"{e.path}/model.safetensors" for e in pipe.config.encoders]
+    for rel in files:
+        path = Path(model_dir) / rel
+        h.update(file_sha256(path).encode() if path.exists() else rel.encode())
+    return h.hexdigest()[:16]
+
+
+def _plans(pipe, recipe: QuantRecipe) -> dict[str, LayerPlan]:
+    return {c: plan_layers(c, getattr(pipe, MODULE_ATTR[c]), recipe,
+                           pipe.config.transformer.depth if c == "dit" else None) for c in recipe.components}
+
+
+def _run_sampler(pipe, modules: nn.ModuleDict, settings: CalibrationSettings, progress) -> None:
+    """The forward loop: the reference sampler with the observed components swapped in."""
+    view = copy.copy(pipe)
+    for c, module in modules.items():
+        setattr(view, MODULE_ATTR[c], module)
+    prompts = settings.prompts
+    for start in range(0, len(prompts), settings.batch):
+        chunk = prompts[start: start + settings.batch]
+        view.generate(GenerateRequest(chunk, steps=settings.steps, cfg=settings.cfg, seed=settings.seed + start,
+                                      height=settings.height, width=settings.width))
+        progress(f"  calibrated on {min(start + settings.batch, len(prompts))}/{len(prompts)} prompts")
+
+
+def _quantizer_values(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in module.state_dict().items() if k.endswith(("_amax", "_pre_quant_scale"))}
+
+
+def restore(pipe, recipe: QuantRecipe, plan: LayerPlan, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A fresh quantized copy of `plan.component` holding the calibrated `state` (no calibration run)."""
+    mtq = modelopt()
+    module = copy.deepcopy(getattr(pipe, MODULE_ATTR[plan.component]))
+    module = mtq.quantize(module, modelopt_config(recipe, plan.quantized, calibrate=False), None)
+    for key, value in state.items():  # quantizers create these buffers only once they hold a value
+        owner, attr = key.rsplit(".", 1)
+        if attr in ("_amax", "_pre_quant_scale"):
+            setattr(module.get_submodule(owner), attr.lstrip("_"), value.clone())
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ArtifactError(f"cached calibration for {plan.component} does not fit the model (missing {missing[:2]}, "
+                            f"unexpected {unexpected[:2]}); delete the calibration folder and rerun")
+    return module.eval()
+
+
+def calibrate(pipe, model_dir: str | Path, recipe: QuantRecipe, settings: CalibrationSettings, cache_dir: str | Path,
+              progress=print, use_cache: bool = True) -> dict[str, QuantizedComponent]:
+    recipe.validate()
+    settings.validate()
+    mtq = modelopt()
+    key = calibration_key(Path(model_dir), pipe, recipe, settings)
+    folder = Path(cache_dir) / f"{recipe.precision}-{key}"
+    plans = _plans(pipe, recipe)
+    if use_cache and (folder / "calibration.json").exists():
+        progress(f"calibration {folder.name}: reused from cache")
+        out = {}
+        for c, plan in plans.items():
+            state = load_file(str(folder / f"{c}.safetensors"))
+            module = restore(pipe, recipe, plan, state)
+            out[c] = QuantizedComponent(c, module, plan, key, True, _quantizer_values(module))
+        return out
+
+    progress(f"calibration {folder.name}: {len(settings.prompts)} prompts x {settings.steps} steps, "
+             f"{settings.height}x{settings.width}, cfg {settings.cfg}, seed {settings.seed}")
+    modules = nn.ModuleDict({c: copy.deepcopy(getattr(pipe, MODULE_ATTR[c])) for c in recipe.components})
+    layers = [f"{c}.{layer}" for c, plan in plans.items() for layer in plan.quantized]
+    torch.manual_seed(settings.seed)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not calibrated, skip smoothing")  # our excluded layers
+        mtq.quantize(modules, modelopt_config(recipe, layers), lambda m: _run_sampler(pipe, m, settings, progress))
+    out = {c: QuantizedComponent(c, modules[c].eval(), plans[c], key, False, _quantizer_values(modules[c])) for c in plans}
+    with atomic_directory(folder, overwrite=True) as tmp:
+        for c, cal in out.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in cal.module.state_dict().items()},
+                      str(tmp / f"{c}.safetensors"))
+        meta = {"key": key, "recipe": recipe.to_dict(), "settings": asdict(settings),
+                "plans": {c: cal.plan.to_dict() for c, cal in out.items()}}
+        (tmp / "calibration.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out

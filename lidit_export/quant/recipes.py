@@ -1,0 +1,134 @@
+"""Quantization recipes: which layers of which component are quantized, to what, and why not the rest.
+
+A recipe resolves against a module to an explicit list of quantized and excluded layers (with the
+reason for each exclusion); that list is what ModelOpt is told and what the build report prints.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+from dataclasses import asdict, dataclass, field
+
+from torch import nn
+
+from ..errors import ConfigError
+
+PRECISIONS = ("fp32", "fp8", "int8")
+QUANTIZABLE = ("refiner", "dit")  # encoders stay high precision [toolchain practice 3], VAE too
+
+# [toolchain practice 2] layers that stay in high precision, with the reason printed in reports.
+SENSITIVE = {
+    "dit": [
+        ("t_embedder.*", "timestep embedder"),
+        ("y_embedder.*", "pooled-text embedder"),
+        ("x_embedder", "patchify conv"),
+        ("pos_embed.*", "ResBlock convolutional positional embedding"),
+        ("*adaLN_modulation*", "adaLN modulation (scales every activation of its block)"),
+        ("final_layer.*", "final layer"),
+    ],
+    "refiner": [
+        ("t_embedder.*", "timestep embedder"),
+        ("*pooled_embedder*", "pooled-text projection"),
+        ("*.in_proj", "input projection of raw LLM states (massive-activation channels)"),
+        ("*gates*", "gate modulation"),
+        ("*adaLN_modulation*", "adaLN modulation"),
+    ],
+}
+DEEP_MODEL_BLOCKS = 16  # models at least this deep also keep their first and last 2 blocks
+
+
+@dataclass
+class QuantRecipe:
+    precision: str  # "fp8" (E4M3 per-tensor weights and activations) | "int8" (SmoothQuant)
+    components: list[str] = field(default_factory=lambda: list(QUANTIZABLE))
+    smoothquant_alpha: float = 0.5  # INT8: migration strength of SmoothQuant (Xiao et al. 2023)
+    keep_edge_blocks: int = 2  # first/last blocks kept in high precision for deep models
+    extra_exclude: list[str] = field(default_factory=list)  # more fnmatch patterns on layer names
+
+    def validate(self) -> "QuantRecipe":
+        if self.precision not in ("fp8", "int8"):
+            raise ConfigError(f"recipe precision {self.precision!r} is not quantized; use 'fp8' or 'int8'")
+        unknown = sorted(set(self.components) - set(QUANTIZABLE))
+        if unknown:
+            raise ConfigError(f"recipe components {unknown} cannot be quantized; choose from {QUANTIZABLE}")
+        if not 0.0 <= self.smoothquant_alpha <= 1.0:
+            raise ConfigError(f"smoothquant_alpha={self.smoothquant_alpha} must lie in [0, 1]")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LayerPlan:
+    """The resolved recipe for one component."""
+
+    component: str
+    quantized: list[str]
+    excluded: dict[str, str]  # layer -> reason
+
+    def to_dict(self) -> dict:
+        return {"component": self.component, "quantized": self.quantized, "excluded": self.excluded}
+
+
+def plan_layers(component: str, module: nn.Module, recipe: QuantRecipe, depth: int | None = None) -> LayerPlan:
+    """Every nn.Linear of `module` is quantized unless a sensitive pattern, an edge block of a deep
+    model or an extra pattern excludes it. Other layer types (convs, norms) are never quantized."""
+    rules = list(SENSITIVE.get(component, []))
+    if depth is not None and depth >= DEEP_MODEL_BLOCKS and recipe.keep_edge_blocks:
+        k = recipe.keep_edge_blocks
+        rules += [(f"blocks.{i}.*", "first/last blocks of a deep model") for i in (*range(k), *range(depth - k, depth))]
+    rules += [(p, "excluded by the recipe") for p in recipe.extra_exclude]
+    quantized, excluded = [], {}
+    for name, m in module.named_modules():
+        if not isinstance(m, nn.Linear):
+            continue
+        reason = next((why for pattern, why in rules if fnmatch.fnmatchcase(name, pattern)), None)
+        if reason:
+            excluded[name] = reason
+        else:
+            quantized.append(name)
+    return LayerPlan(component, quantized, excluded)
+
+
+def modelopt_config(recipe: QuantRecipe, layers: list[str], calibrate: bool = True) -> dict:
+    """A ModelOpt quantize config that enables exactly `layers` (full module names).
+
+    calibrate=False builds the same quantizers without running a calibration algorithm, for restoring
+    calibrated values from the cache.
+    """
+    mtq = modelopt()
+    base = mtq.FP8_DEFAULT_CFG if recipe.precision == "fp8" else mtq.INT8_SMOOTHQUANT_CFG
+    entries = {q["quantizer_name"]: q["cfg"] for q in base["quant_cfg"] if "cfg" in q}
+    weight, inputs = copy.deepcopy(entries["*weight_quantizer"]), copy.deepcopy(entries["*input_quantizer"])
+    quant_cfg = [{"quantizer_name": "*", "enable": False}]
+    for layer in layers:
+        quant_cfg += [{"quantizer_name": f"{layer}.weight_quantizer", "cfg": weight},
+                      {"quantizer_name": f"{layer}.input_quantizer", "cfg": inputs}]
+    if not calibrate:
+        algorithm = None
+    elif recipe.precision == "int8":
+        algorithm = {"method": "smoothquant", "alpha": recipe.smoothquant_alpha}
+    else:
+        algorithm = "max"
+    return {"quant_cfg": quant_cfg, "algorithm": algorithm}
+
+
+_MTQ = None
+
+
+def modelopt():
+    """modelopt.torch.quantization, imported once and only when quantizing (the import is slow)."""
+    global _MTQ
+    if _MTQ is None:
+        import warnings
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                import modelopt.torch.quantization as mtq
+        except ImportError:
+            raise ConfigError("NVIDIA ModelOpt is not installed; run `pip install nvidia-modelopt==0.47.0` "
+                              "(or install the [quant] extra)") from None
+        _MTQ = mtq
+    return _MTQ
