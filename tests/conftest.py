@@ -48,3 +48,21 @@ def tiny_build(tiny_folder, tmp_path_factory):
     build = tmp_path_factory.mktemp("builds") / "tiny"
     export_model(tiny_folder, build, progress=lambda *_: None)
     return build
+
+
+def quantized_build(model_folder, build, precision, prompts=4, steps=3):
+    from lidit_export.build.build_pipeline import BuildOptions, build_pipeline
+
+    options = BuildOptions(precision=precision, num_prompts=prompts, steps=steps)
+    build_pipeline(model_folder, build, options, progress=lambda *_: None)
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_fp8_build(tiny_folder, tmp_path_factory):
+    return quantized_build(tiny_folder, tmp_path_factory.mktemp("builds") / "tiny_fp8", "fp8")
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_build(tiny_folder, tmp_path_factory):
+    return quantized_build(tiny_folder, tmp_path_factory.mktemp("builds") / "tiny_int8", "int8")

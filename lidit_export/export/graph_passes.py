@@ -39,9 +39,21 @@ def standardize_fp8_qdq(model: onnx.ModelProto) -> int:
     return count
 
 
-def count_quantized_layers(model: onnx.ModelProto) -> dict[str, int]:
-    """Q/DQ census: QuantizeLinear/DequantizeLinear nodes and MatMul/Gemm nodes fed by a DequantizeLinear
-    on their weight side, keyed by the layer path in the node name (e.g. /blocks.0/mlp/fc1/MatMul)."""
+def layer_name(node_name: str) -> str:
+    """Module path of a node exported by the TorchScript exporter: '/blocks.0/mlp/fc1/MatMul' ->
+    'blocks.0.mlp.fc1'; Sequential children repeat their parent ('/mlp/mlp.0/Gemm' -> 'mlp.0')."""
+    parts: list[str] = []
+    for seg in node_name.strip("/").split("/")[:-1]:
+        if parts and seg.startswith(parts[-1] + "."):
+            parts[-1] = seg
+        else:
+            parts.append(seg)
+    return ".".join(parts)
+
+
+def count_quantized_layers(model: onnx.ModelProto) -> dict[str, bool]:
+    """Q/DQ census: for every MatMul/Gemm, keyed by its module path, whether its weight side is fed by a
+    DequantizeLinear (through any Transpose)."""
     producers = {out: n for n in model.graph.node for out in n.output}
     layers = {}
     for node in model.graph.node:
@@ -49,5 +61,5 @@ def count_quantized_layers(model: onnx.ModelProto) -> dict[str, int]:
             src = producers.get(node.input[1])
             while src is not None and src.op_type == "Transpose":
                 src = producers.get(src.input[0])
-            layers[node.name] = int(src is not None and src.op_type == "DequantizeLinear")
+            layers[layer_name(node.name)] = src is not None and src.op_type == "DequantizeLinear"
     return layers

@@ -94,6 +94,52 @@ def _quantizer_values(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in module.state_dict().items() if k.endswith(("_amax", "_pre_quant_scale"))}
 
 
+FP8_MAX = 448.0  # largest finite float8 E4M3FN value
+
+
+@torch.no_grad()
+def round_fp8_scales_to_pow2_(module: nn.Module) -> int:
+    """amax -> 448 / 2^floor(log2(448 / amax)) for every calibrated FP8 quantizer (see QuantRecipe)."""
+    count = 0
+    for name, buf in module.named_buffers():
+        if name.endswith("._amax") and buf.numel():
+            ratio = FP8_MAX / buf.double().clamp(min=1e-30)
+            buf.copy_((FP8_MAX / torch.exp2(torch.floor(torch.log2(ratio)))).to(buf.dtype))
+            count += 1
+    return count
+
+
+INT8_MAX = 127.0
+
+
+@torch.no_grad()
+def make_int8_exact_(module: nn.Module) -> int:
+    """Make INT8 fake quant and ONNX Runtime/TensorRT Q/DQ compute the same integers.
+
+    ModelOpt rounds x * (127/amax) while Q/DQ runtimes round x / (amax/127); the two differ by an ulp
+    and flip rare .5 ties. (1) Activations: SmoothQuant already multiplies each input by a per-channel
+    pre-quant scale, so c = 127/amax is folded into that scale (and 1/c into the weight and its amax) and
+    amax becomes 127: the quantizer's scale is then exactly 1 on every side (same real-valued math). (2) Weights are replaced by their own INT8
+    fake-quantized values, which sit on the grid, far from any tie, and quantize to the same integers.
+    """
+    count = 0
+    for m in module.modules():
+        inputs, weights = getattr(m, "input_quantizer", None), getattr(m, "weight_quantizer", None)
+        if inputs is None or weights is None or not inputs.is_enabled:
+            continue
+        pre = getattr(inputs, "_pre_quant_scale", None)
+        if pre is not None and inputs._amax.numel() == 1 and weights.is_enabled:
+            c = INT8_MAX / inputs._amax.float()
+            pre.mul_(c)  # the layer now sees c * x ...
+            inputs._amax.fill_(INT8_MAX)
+            m.weight.div_(c)  # ... and W / c, with the weight grid scaled alike: W x is unchanged
+            weights._amax.div_(c)
+        if weights.is_enabled:
+            m.weight.copy_(weights(m.weight))
+        count += 1
+    return count
+
+
 def restore(pipe, recipe: QuantRecipe, plan: LayerPlan, state: dict[str, torch.Tensor]) -> nn.Module:
     """A fresh quantized copy of `plan.component` holding the calibrated `state` (no calibration run)."""
     mtq = modelopt()
@@ -135,6 +181,10 @@ def calibrate(pipe, model_dir: str | Path, recipe: QuantRecipe, settings: Calibr
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not calibrated, skip smoothing")  # our excluded layers
         mtq.quantize(modules, modelopt_config(recipe, layers), lambda m: _run_sampler(pipe, m, settings, progress))
+    if recipe.precision == "fp8" and recipe.fp8_pow2_scales:
+        round_fp8_scales_to_pow2_(modules)
+    if recipe.precision == "int8":
+        make_int8_exact_(modules)
     out = {c: QuantizedComponent(c, modules[c].eval(), plans[c], key, False, _quantizer_values(modules[c])) for c in plans}
     with atomic_directory(folder, overwrite=True) as tmp:
         for c, cal in out.items():

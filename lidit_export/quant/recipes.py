@@ -43,6 +43,11 @@ class QuantRecipe:
     components: list[str] = field(default_factory=lambda: list(QUANTIZABLE))
     smoothquant_alpha: float = 0.5  # INT8: migration strength of SmoothQuant (Xiao et al. 2023)
     keep_edge_blocks: int = 2  # first/last blocks kept in high precision for deep models
+    # FP8: round each amax up so that the scale 448/amax is a power of two. Multiplying or dividing by it
+    # is then exact, so ModelOpt's fake quant (x * 448/amax), ONNX Runtime (x / (amax/448)) and TensorRT
+    # agree bit for bit instead of flipping rare rounding ties; nothing clips (amax only grows) and E4M3's
+    # relative precision is the same in every binade, so only the subnormal tail moves, by < 1 binade.
+    fp8_pow2_scales: bool = True
     extra_exclude: list[str] = field(default_factory=list)  # more fnmatch patterns on layer names
 
     def validate(self) -> "QuantRecipe":
