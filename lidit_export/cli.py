@@ -105,6 +105,15 @@ def _cmd_calibrate(args) -> None:
               f"{' (from cache)' if q.from_cache else ''}")
 
 
+def _cmd_report(args) -> None:
+    from .check.quality import quality_report
+
+    report = quality_report(args.model, args.build, num_eval=args.num_eval, steps=args.steps)
+    im = report["images"]
+    print(f"{report['precision']}: held-out mean PSNR {im['mean_psnr_db']:.2f} dB (min {im['min_psnr_db']:.2f}), "
+          f"SSIM {im['mean_ssim']:.4f}; report in {Path(args.build) / 'report'}")
+
+
 def _cmd_parity(args) -> None:
     from .check.parity import run_parity
 
@@ -222,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--polygraphy", action="store_true",
                    help="also write per-graph inputs + reference outputs for `polygraphy run` (printed)")
     p.set_defaults(func=_cmd_parity)
+
+    p = sub.add_parser("report", help="quality of a build: component errors, DiT layer sensitivity, held-out images")
+    p.add_argument("--model", required=True)
+    p.add_argument("--build", required=True)
+    p.add_argument("--num-eval", type=int, default=8, help="held-out evaluation prompts")
+    p.add_argument("--steps", type=int, default=None)
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("info", help="components, parameter counts, FLOPs per denoising step")
     p.add_argument("model", help="model folder")

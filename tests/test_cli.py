@@ -55,3 +55,25 @@ def test_export_then_generate_with_onnxruntime_and_check_parity(tiny_folder, tmp
 def test_onnxruntime_backend_without_a_build_says_what_to_pass(capsys):
     assert main(["generate", "--backend", "onnxruntime", "--prompt", "x", "--quiet"]) == 2
     assert "--build DIR" in capsys.readouterr().err
+
+
+def test_build_int8_runs_calibration_then_export_and_reuses_both(tiny_folder, tmp_path, capsys):
+    build = tmp_path / "int8"
+    args = ["build", "--model", str(tiny_folder), "--out", str(build), "--precision", "int8", "--num", "2",
+            "--steps", "2"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "calibrated on 2/2 prompts" in first and "refiner (int8): exporting" in first
+    assert "kept (final layer): final_layer.linear" in first
+    assert main(args) == 0
+    second = capsys.readouterr().out
+    assert "reused from cache" in second and "exporting" not in second
+    report = json.loads((build / "build_report.json").read_text())
+    assert report["components"]["dit"]["precision"] == "int8" and report["components"]["dit"]["bytes"] > 0
+    assert report["stages"]["calibrate"]["reused"] is True
+
+
+def test_build_refuses_half_precision_for_now_with_a_one_line_error(tiny_folder, tmp_path, capsys):
+    assert main(["build", "--model", str(tiny_folder), "--out", str(tmp_path / "b"), "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "use fp32, fp8 or int8" in err

@@ -171,3 +171,21 @@ def test_quantized_builds_pass_their_parity_thresholds(request, tiny_folder, tin
     quantized = [r for r in report.components if r["component"] in ("refiner", "dit")]
     assert all(r["precision"] == report.precision for r in quantized)
     assert max(r["rel_l2"] for r in quantized) > 1e-4  # quantization really happened
+
+
+def test_quality_report_ranks_the_excluded_layers_among_the_most_sensitive(tiny_folder, tiny_fp8_build):
+    from lidit_export.check.quality import quality_report
+
+    report = quality_report(tiny_folder, tiny_fp8_build, num_eval=2, steps=3, progress=lambda *_: None)
+    assert report["precision"] == "fp8"
+    assert report["components"]["dit.model_out"]["worst_rel_l2"] > 0
+    assert report["images"]["prompts"] == 2 and report["images"]["mean_psnr_db"] >= THRESHOLDS_FP8_PSNR
+    sensitivity = report["sensitivity"]
+    assert len(sensitivity) == 28 and sensitivity[0]["excluded"]  # every DiT linear, the worst one is kept
+    top = sensitivity[: len([r for r in sensitivity if r["excluded"]])]
+    assert sum(r["excluded"] for r in top) >= len(top) // 2
+    for name in ("quality.json", "quality.md", "quality.png"):
+        assert (tiny_fp8_build / "report" / name).stat().st_size > 100
+
+
+THRESHOLDS_FP8_PSNR = 20.0
