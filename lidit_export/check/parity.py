@@ -21,12 +21,15 @@ from .metrics import psnr, ssim, tensor_errors
 
 # One table of fixed thresholds per precision, against the FP32 PyTorch reference.
 # fp32: same math, same precision; only kernel summation order differs (measured <= 2.1e-6 rel L2).
-# fp8 / int8: quantized refiner + DiT; the thresholds bound the drift of quantization itself and are
-# justified by the measurements in the quality report (see README, "Quantization").
+# fp8 / int8: quantized refiner + DiT. Measured on `smol` (benchmarks/results/quality_smol_*.json):
+#   fp8: components <= 5.4e-2 rel L2, per-step latent cosine >= 0.9975, held-out images 39.2-41 dB PSNR,
+#   SSIM 0.998. The thresholds leave ~3x margin on errors (~9 dB on PSNR) for prompts, seeds and
+#   models we have not measured; a build that misses them has drifted well past what the recipe gives.
+#   They were set on random weights: revisit them on the trained miniature model.
 THRESHOLDS = {
     "fp32": {"component_rel_l2": 1e-4, "step_cosine": 0.9999, "image_psnr_db": 40.0, "image_ssim": 0.99},
-    "fp8": {"component_rel_l2": 0.15, "step_cosine": 0.98, "image_psnr_db": 20.0, "image_ssim": 0.7},
-    "int8": {"component_rel_l2": 0.1, "step_cosine": 0.99, "image_psnr_db": 22.0, "image_ssim": 0.75},
+    "fp8": {"component_rel_l2": 0.15, "step_cosine": 0.99, "image_psnr_db": 30.0, "image_ssim": 0.97},
+    "int8": {"component_rel_l2": 0.1, "step_cosine": 0.99, "image_psnr_db": 30.0, "image_ssim": 0.97},
 }
 PIXEL_STD_FLOOR = 2.0  # a flat image means a dead pipeline, whatever it matches
 

@@ -15,7 +15,8 @@ import torch
 
 
 def _quantizer_scopes(model) -> dict[str, tuple[str, str]]:
-    """'/blocks.0/mlp/fc1/input_quantizer' -> (input tensor name, DequantizeLinear output name)."""
+    """'/blocks.0/mlp/fc1/input_quantizer' (and attention's q/k/v/softmax quantizers) -> (input tensor
+    name, DequantizeLinear output name)."""
     from ..export.graph_passes import layer_name
 
     produced_by = {}
@@ -26,7 +27,7 @@ def _quantizer_scopes(model) -> dict[str, tuple[str, str]]:
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     scopes = {}
     for node in model.graph.node:
-        if node.op_type != "DequantizeLinear" or "/input_quantizer/" not in node.name:
+        if node.op_type != "DequantizeLinear" or "_quantizer/" not in node.name or "/weight_quantizer/" in node.name:
             continue
         scope = node.name.rsplit("/", 1)[0]
         members = [n for n in model.graph.node if n.name.startswith(scope + "/")]
@@ -39,7 +40,7 @@ def _quantizer_scopes(model) -> dict[str, tuple[str, str]]:
 
 @torch.no_grad()
 def check_quantizers(module: torch.nn.Module, graph_file: str | Path, args: tuple, prefix: str = "") -> list[dict]:
-    """Per input quantizer: max abs / relative L2 difference between the graph's Q/DQ output and
+    """Per activation quantizer: max abs / relative L2 difference between the graph's Q/DQ output and
     ModelOpt's fake-quant output on the same input tensor (captured from a forward of `module`)."""
     import onnx
     import onnxruntime as ort
@@ -50,7 +51,7 @@ def check_quantizers(module: torch.nn.Module, graph_file: str | Path, args: tupl
     captured: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     hooks = []
     for name, sub in module.named_modules():
-        if name.endswith("input_quantizer") and getattr(sub, "is_enabled", False):
+        if name.endswith("_quantizer") and not name.endswith("weight_quantizer") and getattr(sub, "is_enabled", False):
             def keep(mod, inputs, output, name=prefix + name):
                 captured[name] = (inputs[0].float().numpy().copy(), output.float().numpy().copy())
             hooks.append(sub.register_forward_hook(keep))

@@ -28,7 +28,8 @@ def tool_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     versions = {"lidit-export": __version__}
-    for pkg in ("torch", "transformers", "diffusers", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers"):
+    for pkg in ("torch", "transformers", "diffusers", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers",
+                "nvidia-modelopt", "polygraphy", "tensorrt", "tensorrt-rtx"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

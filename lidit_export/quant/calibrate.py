@@ -144,7 +144,8 @@ def restore(pipe, recipe: QuantRecipe, plan: LayerPlan, state: dict[str, torch.T
     """A fresh quantized copy of `plan.component` holding the calibrated `state` (no calibration run)."""
     mtq = modelopt()
     module = copy.deepcopy(getattr(pipe, MODULE_ATTR[plan.component]))
-    module = mtq.quantize(module, modelopt_config(recipe, plan.quantized, calibrate=False), None)
+    module = mtq.quantize(module, modelopt_config(recipe, plan.quantized, calibrate=False, attention=plan.attention),
+                          None)
     for key, value in state.items():  # quantizers create these buffers only once they hold a value
         owner, attr = key.rsplit(".", 1)
         if attr in ("_amax", "_pre_quant_scale"):
@@ -177,10 +178,12 @@ def calibrate(pipe, model_dir: str | Path, recipe: QuantRecipe, settings: Calibr
              f"{settings.height}x{settings.width}, cfg {settings.cfg}, seed {settings.seed}")
     modules = nn.ModuleDict({c: copy.deepcopy(getattr(pipe, MODULE_ATTR[c])) for c in recipe.components})
     layers = [f"{c}.{layer}" for c, plan in plans.items() for layer in plan.quantized]
+    attention = [f"{c}.{a}" for c, plan in plans.items() for a in plan.attention]
     torch.manual_seed(settings.seed)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not calibrated, skip smoothing")  # our excluded layers
-        mtq.quantize(modules, modelopt_config(recipe, layers), lambda m: _run_sampler(pipe, m, settings, progress))
+        mtq.quantize(modules, modelopt_config(recipe, layers, attention=attention),
+                     lambda m: _run_sampler(pipe, m, settings, progress))
     if recipe.precision == "fp8" and recipe.fp8_pow2_scales:
         round_fp8_scales_to_pow2_(modules)
     if recipe.precision == "int8":

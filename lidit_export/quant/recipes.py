@@ -34,6 +34,14 @@ SENSITIVE = {
         ("*adaLN_modulation*", "adaLN modulation"),
     ],
 }
+# INT8 only: per-tensor INT8 cannot hold the text context, whose outlier *tokens* come from the LLMs'
+# massive activations (SmoothQuant moves per-channel outliers only). Measured on `smol`: the 8 cross-attn
+# key projections are 8 of the 9 most sensitive DiT layers under INT8 (fine under FP8). They run over the
+# short text context only, so keeping them costs little compute.
+SENSITIVE_INT8 = {
+    "dit": [("*cross_attn.to_k", "cross-attention K/V of the text context (per-token outliers; INT8)"),
+            ("*cross_attn.to_v", "cross-attention K/V of the text context (per-token outliers; INT8)")],
+}
 DEEP_MODEL_BLOCKS = 16  # models at least this deep also keep their first and last 2 blocks
 
 
@@ -48,6 +56,7 @@ class QuantRecipe:
     # agree bit for bit instead of flipping rare rounding ties; nothing clips (amax only grows) and E4M3's
     # relative precision is the same in every binade, so only the subnormal tail moves, by < 1 binade.
     fp8_pow2_scales: bool = True
+    fp8_attention: bool = True  # FP8 Q/K/V and softmax quantizers, where head_dim % 16 == 0
     extra_exclude: list[str] = field(default_factory=list)  # more fnmatch patterns on layer names
 
     def validate(self) -> "QuantRecipe":
@@ -71,21 +80,30 @@ class LayerPlan:
     component: str
     quantized: list[str]
     excluded: dict[str, str]  # layer -> reason
+    attention: list[str] = field(default_factory=list)  # attention modules with FP8 Q/K/V/softmax quantizers
 
     def to_dict(self) -> dict:
-        return {"component": self.component, "quantized": self.quantized, "excluded": self.excluded}
+        return {"component": self.component, "quantized": self.quantized, "excluded": self.excluded,
+                "attention": self.attention}
 
 
 def plan_layers(component: str, module: nn.Module, recipe: QuantRecipe, depth: int | None = None) -> LayerPlan:
     """Every nn.Linear of `module` is quantized unless a sensitive pattern, an edge block of a deep
     model or an extra pattern excludes it. Other layer types (convs, norms) are never quantized."""
     rules = list(SENSITIVE.get(component, []))
+    if recipe.precision == "int8":
+        rules += SENSITIVE_INT8.get(component, [])
     if depth is not None and depth >= DEEP_MODEL_BLOCKS and recipe.keep_edge_blocks:
         k = recipe.keep_edge_blocks
         rules += [(f"blocks.{i}.*", "first/last blocks of a deep model") for i in (*range(k), *range(depth - k, depth))]
     rules += [(p, "excluded by the recipe") for p in recipe.extra_exclude]
-    quantized, excluded = [], {}
+    from ..model.layers import Attention
+
+    quantized, excluded, attention = [], {}, []
     for name, m in module.named_modules():
+        if isinstance(m, Attention) and recipe.precision == "fp8" and recipe.fp8_attention and m.head_dim % 16 == 0:
+            if not any(fnmatch.fnmatchcase(name + ".to_q", pattern) for pattern, _ in rules):
+                attention.append(name)  # FP8 fused attention needs head_dim % 16 == 0 (TensorRT)
         if not isinstance(m, nn.Linear):
             continue
         reason = next((why for pattern, why in rules if fnmatch.fnmatchcase(name, pattern)), None)
@@ -93,11 +111,13 @@ def plan_layers(component: str, module: nn.Module, recipe: QuantRecipe, depth: i
             excluded[name] = reason
         else:
             quantized.append(name)
-    return LayerPlan(component, quantized, excluded)
+    return LayerPlan(component, quantized, excluded, attention)
 
 
-def modelopt_config(recipe: QuantRecipe, layers: list[str], calibrate: bool = True) -> dict:
-    """A ModelOpt quantize config that enables exactly `layers` (full module names).
+def modelopt_config(recipe: QuantRecipe, layers: list[str], calibrate: bool = True,
+                    attention: list[str] = ()) -> dict:
+    """A ModelOpt quantize config that enables exactly `layers` (full module names), plus FP8 Q/K/V and
+    softmax quantizers in the `attention` modules.
 
     calibrate=False builds the same quantizers without running a calibration algorithm, for restoring
     calibrated values from the cache.
@@ -110,6 +130,11 @@ def modelopt_config(recipe: QuantRecipe, layers: list[str], calibrate: bool = Tr
     for layer in layers:
         quant_cfg += [{"quantizer_name": f"{layer}.weight_quantizer", "cfg": weight},
                       {"quantizer_name": f"{layer}.input_quantizer", "cfg": inputs}]
+    if attention:
+        from .fp8_attention import BMM_QUANTIZERS, register_quant_attention
+
+        register_quant_attention()
+        quant_cfg += [{"quantizer_name": f"{a}.{q}", "cfg": inputs} for a in attention for q in BMM_QUANTIZERS]
     if not calibrate:
         algorithm = None
     elif recipe.precision == "int8":
