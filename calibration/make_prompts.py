@@ -43,43 +43,51 @@ def plural(noun: str) -> str:
 
 def generate(rng: random.Random) -> dict[str, list[str]]:
     c, o, m, s = (lambda: rng.choice(COLORS)), (lambda: rng.choice(OBJECTS)), (lambda: rng.choice(MATERIALS)), (lambda: rng.choice(SIZES))
-    out = {k: set() for k in ("objects", "colors", "counts", "spatial", "text", "long", "short", "shapes")}
-    while len(out["objects"]) < 80:
-        out["objects"].add(rng.choice([f"a {s()} {m()} {o()} on {rng.choice(SURFACES)}",
-                                       f"{rng.choice(STYLES)} of a {m()} {o()} {rng.choice(PLACES)}",
-                                       f"a {c()} {o()} {rng.choice(PLACES)}, soft morning light"]))
-    while len(out["colors"]) < 80:
-        out["colors"].add(rng.choice([f"a {c()} {o()} and a {c()} {o()}",
-                                      f"a {c()} {o()} with {c()} stripes next to a {c()} wall",
-                                      f"a {o()} painted half {c()} and half {c()}"]))
-    while len(out["counts"]) < 80:
-        n = rng.choice(COUNTS)
-        out["counts"].add(rng.choice([f"{n} {c()} {plural(o())} on {rng.choice(SURFACES)}",
-                                      f"{n} {plural(o())} and one {c()} {o()}",
-                                      f"exactly {n} {m()} {plural(o())} in a row"]))
-    while len(out["spatial"]) < 100:
-        out["spatial"].add(rng.choice([f"a {c()} {o()} {rng.choice(RELATIONS)} a {c()} {o()}",
-                                       f"{rng.choice(RELATIONS).capitalize()} a {s()} {o()} there is a {c()} {o()}",
-                                       f"a {o()}, {c()}, and a {o()} that is {c()} on its {rng.choice(['left', 'right'])}"]))
-    while len(out["shapes"]) < 60:
-        out["shapes"].add(rng.choice([f"a {c()} {rng.choice(SHAPES)} {rng.choice(RELATIONS[:4])} a {c()} {rng.choice(SHAPES)}",
-                                      f"a {s()} {c()} {rng.choice(SHAPES)} on a {c()} background"]))
-    while len(out["text"]) < 70:
-        w = rng.choice(WORDS)
-        out["text"].add(rng.choice([f'{rng.choice(SIGNS)} that says "{w}"',
-                                    f'the word "{w}" written in {c()} letters on {rng.choice(SURFACES)}',
-                                    f'{rng.choice(STYLES)} of {rng.choice(SIGNS)} reading "{w}" {rng.choice(PLACES)}']))
-    while len(out["long"]) < 70:
-        clauses = [f"a {s()} {c()} {o()} {rng.choice(RELATIONS)} a {m()} {o()}",
-                   f"{rng.choice(COUNTS)} {c()} {plural(o())} scattered around it",
-                   f'{rng.choice(SIGNS)} that says "{rng.choice(WORDS)}" in the background',
+    rel, place, style, surface = (lambda: rng.choice(RELATIONS)), (lambda: rng.choice(PLACES)), (lambda: rng.choice(STYLES)), (lambda: rng.choice(SURFACES))
+    shape, sign, word, count = (lambda: rng.choice(SHAPES)), (lambda: rng.choice(SIGNS)), (lambda: rng.choice(WORDS)), (lambda: rng.choice(COUNTS))
+
+    def counted():
+        n = count()
+        return rng.choice([f"{n} {c()} {plural(o())} on {surface()}", f"{n} {plural(o())} and one {c()} {o()}",
+                           f"exactly {n} {m()} {plural(o())} in a row"])
+
+    def text():
+        w = word()
+        return rng.choice([f'{sign()} that says "{w}"', f'the word "{w}" written in {c()} letters on {surface()}',
+                           f'{style()} of {sign()} reading "{w}" {place()}'])
+
+    def long():
+        clauses = [f"a {s()} {c()} {o()} {rel()} a {m()} {o()}", f"{count()} {c()} {plural(o())} scattered around it",
+                   f'{sign()} that says "{word()}" in the background',
                    f"a {c()} sky with {rng.choice(['scattered clouds', 'a rainbow', 'falling snow', 'stars'])}",
                    f"a {m()} {o()} on the far {rng.choice(['left', 'right'])}"]
         rng.shuffle(clauses)
-        out["long"].add(f"{rng.choice(STYLES)} {rng.choice(PLACES)}: " + ", ".join(clauses[: rng.randint(3, 5)]))
-    while len(out["short"]) < 60:
-        out["short"].add(rng.choice([o(), f"{c()} {o()}", f"a {m()} {o()}", f"{rng.choice(STYLES)} of a {o()}"]))
-    return {k: sorted(v) for k, v in out.items()}
+        return f"{style()} {place()}: " + ", ".join(clauses[: rng.randint(3, 5)])
+
+    recipes = [
+        ("objects", 80, lambda: rng.choice([f"a {s()} {m()} {o()} on {surface()}", f"{style()} of a {m()} {o()} {place()}",
+                                            f"a {c()} {o()} {place()}, soft morning light"])),
+        ("colors", 80, lambda: rng.choice([f"a {c()} {o()} and a {c()} {o()}",
+                                           f"a {c()} {o()} with {c()} stripes next to a {c()} wall",
+                                           f"a {o()} painted half {c()} and half {c()}"])),
+        ("counts", 80, counted),
+        ("spatial", 100, lambda: rng.choice([f"a {c()} {o()} {rel()} a {c()} {o()}",
+                                             f"{rel().capitalize()} a {s()} {o()} there is a {c()} {o()}",
+                                             f"a {o()}, {c()}, and a {o()} that is {c()} on its {rng.choice(['left', 'right'])}"])),
+        ("shapes", 60, lambda: rng.choice([f"a {c()} {shape()} {rng.choice(RELATIONS[:4])} a {c()} {shape()}",
+                                           f"a {s()} {c()} {shape()} on a {c()} background"])),
+        ("text", 70, text),
+        ("long", 70, long),
+        ("short", 60, lambda: rng.choice([o(), f"{c()} {o()}", f"a {m()} {o()}", f"{style()} of a {o()}"])),
+    ]
+    out = {}
+    for category, target, make in recipes:
+        texts: set[str] = set()
+        while len(texts) < target:
+            texts.add(make())
+        out[category] = sorted(texts)
+    order = ("objects", "colors", "counts", "spatial", "text", "long", "short", "shapes")
+    return {k: out[k] for k in order}
 
 
 def main() -> None:

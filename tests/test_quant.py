@@ -198,3 +198,14 @@ def test_quality_report_ranks_the_excluded_layers_among_the_most_sensitive(tiny_
     for name in ("quality.json", "quality.md", "quality.png"):
         assert (tiny_fp8_build / "report" / name).stat().st_size > 100
 
+
+
+def test_a_changed_layer_plan_invalidates_the_calibration(tiny_pipe, tiny_folder, tmp_path, monkeypatch):
+    from lidit_export.quant import recipes
+
+    settings = CalibrationSettings(load_prompts(split="calibration")[:2], **SETTINGS)
+    first = calibrate(tiny_pipe, tiny_folder, QuantRecipe("int8"), settings, tmp_path, progress=lambda *_: None)
+    monkeypatch.setitem(recipes.SENSITIVE, "dit", recipes.SENSITIVE["dit"] + [("*mlp.fc2", "test rule")])
+    second = calibrate(tiny_pipe, tiny_folder, QuantRecipe("int8"), settings, tmp_path, progress=lambda *_: None)
+    assert not second["dit"].from_cache and second["dit"].key != first["dit"].key
+    assert "blocks.0.mlp.fc2" in second["dit"].plan.excluded

@@ -59,11 +59,15 @@ class QuantizedComponent:
     amax: dict = field(default_factory=dict)
 
 
-def calibration_key(model_dir: Path, pipe, recipe: QuantRecipe, settings: CalibrationSettings) -> str:
+def calibration_key(model_dir: Path, pipe, recipe: QuantRecipe, settings: CalibrationSettings,
+                    plans: dict[str, LayerPlan]) -> str:
+    """Hash of everything a calibration depends on, including the resolved layer plans (so a change
+    of the recipe's rules in code invalidates it too, not only a change of the recipe's fields)."""
     import importlib.metadata as md
 
     h = hashlib.sha256()
     h.update(json.dumps({"recipe": recipe.to_dict(), "settings": asdict(settings), "config": pipe.config.to_dict(),
+                         "plans": {c: p.to_dict() for c, p in plans.items()},
                          "modelopt": md.version("nvidia-modelopt")}, sort_keys=True).encode())
     files = [WEIGHTS["refiner"], WEIGHTS["transformer"]] + [f"{e.path}/model.safetensors" for e in pipe.config.encoders]
     for rel in files:
@@ -162,9 +166,9 @@ def calibrate(pipe, model_dir: str | Path, recipe: QuantRecipe, settings: Calibr
     recipe.validate()
     settings.validate()
     mtq = modelopt()
-    key = calibration_key(Path(model_dir), pipe, recipe, settings)
-    folder = Path(cache_dir) / f"{recipe.precision}-{key}"
     plans = _plans(pipe, recipe)
+    key = calibration_key(Path(model_dir), pipe, recipe, settings, plans)
+    folder = Path(cache_dir) / f"{recipe.precision}-{key}"
     if use_cache and (folder / "calibration.json").exists():
         progress(f"calibration {folder.name}: reused from cache")
         out = {}
