@@ -209,3 +209,18 @@ def test_a_changed_layer_plan_invalidates_the_calibration(tiny_pipe, tiny_folder
     second = calibrate(tiny_pipe, tiny_folder, QuantRecipe("int8"), settings, tmp_path, progress=lambda *_: None)
     assert not second["dit"].from_cache and second["dit"].key != first["dit"].key
     assert "blocks.0.mlp.fc2" in second["dit"].plan.excluded
+
+
+@pytest.mark.parametrize("fixture", ["tiny_fp8_build", "tiny_int8_build"])
+def test_tensorrt_for_rtx_parses_the_qdq_graphs(request, fixture):
+    trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX not installed: pip install tensorrt-rtx")
+    build = request.getfixturevalue(fixture)
+    logger = trt.Logger(trt.Logger.ERROR)
+    for name in ("refiner", "dit"):
+        path = build / "onnx" / f"{name}.onnx"
+        network = trt.Builder(logger).create_network(0)
+        parser = trt.OnnxParser(network, logger)
+        assert parser.parse_from_file(str(path)), [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        kinds = [network.get_layer(i).type for i in range(network.num_layers)]
+        onnx_q = sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
+        assert sum(k == trt.LayerType.QUANTIZE for k in kinds) == onnx_q > 0
