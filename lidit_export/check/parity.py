@@ -21,15 +21,19 @@ from .metrics import psnr, ssim, tensor_errors
 
 # One table of fixed thresholds per precision, against the FP32 PyTorch reference.
 # fp32: same math, same precision; only kernel summation order differs (measured <= 2.1e-6 rel L2).
-# fp8 / int8: quantized refiner + DiT. Measured on `smol` (benchmarks/results/quality_smol_*.json):
-#   fp8: components <= 5.4e-2 rel L2, per-step latent cosine >= 0.9975, held-out images 39.2-41 dB PSNR,
-#   SSIM 0.998. The thresholds leave ~3x margin on errors (~9 dB on PSNR) for prompts, seeds and
-#   models we have not measured; a build that misses them has drifted well past what the recipe gives.
-#   They were set on random weights: revisit them on the trained miniature model.
+# fp8 / int8: quantized refiner + DiT. Measured on `smol` (benchmarks/results/quality_smol_*.json and
+# the parity ladder at 20 steps):
+#   fp8:  components <= 1.55e-1 rel L2 (the DiT with FP8 attention, at the ladder's off-distribution shapes
+#         and random inputs; 5.4e-2 without FP8 attention), per-step latent cosine >= 0.9962, held-out
+#         images >= 39.7 dB, SSIM 0.998
+#   int8: components <= 1.0e-2 rel L2, per-step latent cosine >= 0.99986, held-out images >= 52.2 dB, SSIM 0.9998
+# Margins: ~1.6x (fp8) and 5x (int8) on component errors, ~10 dB on PSNR, for prompts, seeds and models we
+# have not measured; a build that misses them has drifted past what its recipe gives. They were set on
+# random weights: revisit them on the trained miniature model.
 THRESHOLDS = {
     "fp32": {"component_rel_l2": 1e-4, "step_cosine": 0.9999, "image_psnr_db": 40.0, "image_ssim": 0.99},
-    "fp8": {"component_rel_l2": 0.15, "step_cosine": 0.99, "image_psnr_db": 30.0, "image_ssim": 0.97},
-    "int8": {"component_rel_l2": 0.1, "step_cosine": 0.99, "image_psnr_db": 30.0, "image_ssim": 0.97},
+    "fp8": {"component_rel_l2": 0.25, "step_cosine": 0.99, "image_psnr_db": 30.0, "image_ssim": 0.97},
+    "int8": {"component_rel_l2": 0.05, "step_cosine": 0.999, "image_psnr_db": 40.0, "image_ssim": 0.99},
 }
 PIXEL_STD_FLOOR = 2.0  # a flat image means a dead pipeline, whatever it matches
 
@@ -107,8 +111,8 @@ def run_parity(model_dir: str | Path, build_dir: str | Path, out_dir: str | Path
 
     shapes = parity_shapes(runtime.manifest, pipe.config)
     report.components = check_components(pipe, runtime, shapes)
-    report.failures += [f"{r['component']}.{r['output']} at {r['inputs']}: rel_l2 {r['rel_l2']:.2e} > "
-                        f"{r['limit']:.0e}" for r in report.components if not r["passed"]]
+    report.failures += [f"{r['component']}.{r['output']} at {r['inputs']}: rel_l2 {r['rel_l2']:.3g} > "
+                        f"{r['limit']:.3g}" for r in report.components if not r["passed"]]
 
     request = GenerateRequest([prompt], steps=steps, cfg=cfg, seed=seed, height=height or pipe.config.default_height,
                               width=width or pipe.config.default_width)
