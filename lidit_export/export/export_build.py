@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import asdict
 from pathlib import Path
 
 from lidit_runtime.manifest import FORMAT, MANIFEST, ComponentRecord, EncoderRecord, Manifest, file_sha256
 
 from .. import __version__
-from ..errors import ArtifactError
 from ..artifacts import atomic_write_text
+from ..errors import ArtifactError
 from ..model.pipeline import WEIGHTS, LiDiTPipeline
 from .graph_spec import ShapeProfile, graph_specs
 from .onnx_export import OPSET, check_exported_io, component_inputs, component_modules, copy_tokenizers, export_graph
-
-log = logging.getLogger(__name__)
 
 
 def tool_versions() -> dict[str, str]:

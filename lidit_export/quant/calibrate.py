@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import logging
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +26,6 @@ from ..errors import ArtifactError, ConfigError
 from ..model.pipeline import WEIGHTS
 from .recipes import LayerPlan, QuantRecipe, modelopt, modelopt_config, plan_layers
 
-log = logging.getLogger(__name__)
 MODULE_ATTR = {"refiner": "refiner", "dit": "transformer"}
 
 
