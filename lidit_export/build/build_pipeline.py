@@ -1,0 +1,89 @@
+"""`lidit-export build`: run every stage that is not up to date (export -> calibrate -> quantize),
+then write a build report. Each stage skips itself on matching input hashes, not on a file existing."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lidit_runtime.manifest import Manifest
+
+from ..artifacts import atomic_write_text
+from ..errors import ConfigError
+from ..export.export_build import export_model
+from ..export.graph_spec import ShapeProfile
+from ..model.pipeline import LiDiTPipeline
+from ..quant.calibrate import CalibrationSettings, QuantizedComponent, calibrate
+from ..quant.prompts import load_prompts
+from ..quant.recipes import QuantRecipe
+
+PRECISIONS = ("fp32", "fp8", "int8")
+LATER = {"fp16": "FP16", "bf16": "BF16"}  # half-precision graphs come with the TensorRT builder
+# Calibration prompt counts of the best toolchains [toolchain practice 1].
+DEFAULT_CALIBRATION_PROMPTS = {"fp8": 128, "int8": 64}
+
+
+@dataclass
+class BuildOptions:
+    precision: str = "fp32"
+    prompts_file: str | None = None  # default: the calibration split of calibration/prompts.jsonl
+    num_prompts: int | None = None  # default 128 (fp8) / 64 (int8)
+    steps: int | None = None  # default: the model's production steps
+    seed: int = 0
+    smoothquant_alpha: float = 0.5
+    prefix_cache: bool = True
+    profile: ShapeProfile = field(default_factory=ShapeProfile)
+
+    def validate(self) -> "BuildOptions":
+        if self.precision in LATER:
+            raise ConfigError(f"--precision {self.precision}: {LATER[self.precision]} graphs are not built yet (the "
+                              "TorchScript exporter upcasts parts of half-precision attention); use fp32, fp8 or int8")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision {self.precision} is unknown; use one of {', '.join(PRECISIONS)}")
+        return self
+
+
+def build_pipeline(model_dir: str | Path, build_dir: str | Path, options: BuildOptions, progress=print) -> Manifest:
+    options.validate()
+    model_dir, build_dir = Path(model_dir), Path(build_dir)
+    pipe = LiDiTPipeline.from_pretrained(model_dir)
+    precision = options.precision
+    started = time.perf_counter()
+    report: dict = {"precision": precision, "model": str(model_dir), "stages": {}}
+    quantized: dict[str, QuantizedComponent] = {}
+    if precision in ("fp8", "int8"):
+        recipe = QuantRecipe(precision, smoothquant_alpha=options.smoothquant_alpha).validate()
+        prompts = load_prompts(options.prompts_file, split="calibration")
+        count = options.num_prompts or DEFAULT_CALIBRATION_PROMPTS[precision]
+        settings = CalibrationSettings(prompts=prompts[:count], steps=options.steps or pipe.config.scheduler.default_steps,
+                                       cfg=pipe.config.scheduler.default_cfg, seed=options.seed,
+                                       height=pipe.config.default_height, width=pipe.config.default_width)
+        t0 = time.perf_counter()
+        quantized = calibrate(pipe, model_dir, recipe, settings, build_dir / "calibration", progress)
+        report["stages"]["calibrate"] = {"seconds": time.perf_counter() - t0, "prompts": len(settings.prompts),
+                                         "steps": settings.steps, "reused": all(q.from_cache for q in quantized.values())}
+        report["recipe"] = recipe.to_dict()
+        for c, q in quantized.items():
+            attention = f", FP8 attention in {len(q.plan.attention)} modules" if q.plan.attention else ""
+            progress(f"  {c}: {len(q.plan.quantized)} linear layers quantized to {precision}, "
+                     f"{len(q.plan.excluded)} kept in high precision{attention}")
+            reasons: dict[str, list[str]] = {}
+            for layer, why in q.plan.excluded.items():
+                reasons.setdefault(why, []).append(layer)
+            for why, layers in reasons.items():
+                progress(f"    kept ({why}): {', '.join(layers[:4])}{' ...' if len(layers) > 4 else ''}")
+    t0 = time.perf_counter()
+    manifest = export_model(model_dir, build_dir, options.profile, options.prefix_cache, pipe, progress,
+                            quantized=quantized, precision=precision)
+    report["stages"]["export"] = {"seconds": time.perf_counter() - t0}
+    report["components"] = {
+        name: {"precision": rec.precision, "file": rec.file,
+               "bytes": sum(f.stat().st_size for f in (build_dir / rec.file).parent.glob(Path(rec.file).name + "*")),
+               "quantized_layers": len(quantized[name].plan.quantized) if name in quantized and quantized[name].plan else 0,
+               "excluded_layers": quantized[name].plan.excluded if name in quantized and quantized[name].plan else {},
+               "fp8_attention": quantized[name].plan.attention if name in quantized and quantized[name].plan else []}
+        for name, rec in manifest.components.items()}
+    report["seconds"] = time.perf_counter() - started
+    atomic_write_text(build_dir / "build_report.json", json.dumps(report, indent=2) + "\n")
+    return manifest
