@@ -63,3 +63,69 @@ def count_quantized_layers(model: onnx.ModelProto) -> dict[str, bool]:
                 src = producers.get(src.input[0])
             layers[layer_name(node.name)] = src is not None and src.op_type == "DequantizeLinear"
     return layers
+
+
+def fold_weight_quantization(model: onnx.ModelProto) -> int:
+    """Store quantized weights as INT8 / FLOAT8E4M3FN initializers feeding their DequantizeLinear,
+    instead of FP32 weights behind a QuantizeLinear: ~4x smaller files, same values.
+
+    The quantization is computed exactly as QuantizeLinear does it (float32 division by the scale,
+    round half to even for INT8, round-to-nearest-even with saturation for FP8), so every consumer sees
+    bit-identical dequantized weights. Returns the number of weights folded.
+    """
+    import ml_dtypes
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+
+    def value(name: str):
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        node = constants.get(name)
+        attr = next((a for a in node.attribute if a.name == "value"), None) if node else None
+        return numpy_helper.to_array(attr.t) if attr is not None else None
+
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    folded, dropped = [], set()
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] not in inits or len(node.input) < 3:
+            continue
+        w, scale, zero = value(node.input[0]), value(node.input[1]), value(node.input[2])
+        if w is None or scale is None or zero is None or w.dtype != np.float32 or np.any(zero != 0):
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if scale.ndim == 1 and w.ndim > 1:
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            scale = scale.reshape(shape)
+        scaled = w / scale.astype(np.float32)
+        if zero.dtype == np.int8:
+            q = np.clip(np.rint(scaled), -128, 127).astype(np.int8)
+        elif zero.dtype == ml_dtypes.float8_e4m3fn:
+            q = np.clip(scaled, -448.0, 448.0).astype(ml_dtypes.float8_e4m3fn)
+        else:
+            continue
+        tensor = numpy_helper.from_array(q, node.output[0])
+        folded.append((node, tensor))
+        if uses.get(node.input[0]) == 1:
+            dropped.add(node.input[0])
+    for node, tensor in folded:
+        graph.node.remove(node)
+        graph.initializer.append(tensor)
+    still_used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in still_used]:
+        graph.node.remove(node)  # the scales and zero points of the removed QuantizeLinear nodes
+    kept = [i for i in graph.initializer if i.name not in dropped]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    quantized = {t.name for _, t in folded}
+    kept_info = [v for v in graph.value_info if v.name not in quantized]
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
+    return len(folded)
