@@ -111,16 +111,10 @@ def test_qdq_graphs_quantize_exactly_the_planned_layers(request, fixture, precis
 
 
 def _fake_quant_modules(pipe, build, precision):
-    from safetensors.torch import load_file
-
-    from lidit_export.quant.calibrate import restore
-    from lidit_export.quant.recipes import LayerPlan
+    from lidit_export.quant.calibrate import load_calibration
 
     (cache,) = (build / "calibration").glob(f"{precision}-*")
-    meta = json.loads((cache / "calibration.json").read_text())
-    recipe = QuantRecipe(**meta["recipe"])
-    fake = {c: restore(pipe, recipe, LayerPlan(**meta["plans"][c]), load_file(str(cache / f"{c}.safetensors")))
-            for c in ("refiner", "dit")}
+    fake = {c: q.module for c, q in load_calibration(pipe, cache).items()}
     return component_modules(pipe, replace=fake), component_modules(pipe)
 
 

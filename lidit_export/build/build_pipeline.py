@@ -77,13 +77,14 @@ def build_pipeline(model_dir: str | Path, build_dir: str | Path, options: BuildO
     manifest = export_model(model_dir, build_dir, options.profile, options.prefix_cache, pipe, progress,
                             quantized=quantized, precision=precision)
     report["stages"]["export"] = {"seconds": time.perf_counter() - t0}
-    report["components"] = {
-        name: {"precision": rec.precision, "file": rec.file,
-               "bytes": sum(f.stat().st_size for f in (build_dir / rec.file).parent.glob(Path(rec.file).name + "*")),
-               "quantized_layers": len(quantized[name].plan.quantized) if name in quantized and quantized[name].plan else 0,
-               "excluded_layers": quantized[name].plan.excluded if name in quantized and quantized[name].plan else {},
-               "fp8_attention": quantized[name].plan.attention if name in quantized and quantized[name].plan else []}
-        for name, rec in manifest.components.items()}
+    report["components"] = {}
+    for name, rec in manifest.components.items():
+        plan = quantized[name].plan if name in quantized else None
+        files = (build_dir / rec.file).parent.glob(Path(rec.file).name + "*")  # the graph and its external data
+        report["components"][name] = {
+            "precision": rec.precision, "file": rec.file, "bytes": sum(f.stat().st_size for f in files),
+            "quantized_layers": len(plan.quantized) if plan else 0, "excluded_layers": plan.excluded if plan else {},
+            "fp8_attention": plan.attention if plan else []}
     report["seconds"] = time.perf_counter() - started
     atomic_write_text(build_dir / "build_report.json", json.dumps(report, indent=2) + "\n")
     return manifest

@@ -69,6 +69,16 @@ def parity_shapes(manifest, config) -> list[dict]:
     return shapes
 
 
+def reference_case(modules: dict, manifest, name: str, inputs: dict[str, np.ndarray]):
+    """(feeds of graph `name`, FP32 reference outputs as numpy) for full-prompt component inputs; a
+    prefix-cached encoder graph takes the caption tokens only."""
+    expected = modules[name](*(torch.from_numpy(v) for v in inputs.values()))
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    if name.startswith("encoder_"):
+        inputs = manifest.encoders[int(name.split("_")[1])].encoder_inputs(**inputs)
+    return inputs, tuple(e.float().numpy() for e in expected)
+
+
 @torch.inference_mode()
 def check_components(pipe: LiDiTPipeline, runtime: Pipeline, shapes: list[dict]) -> list[dict]:
     """Each graph against the FP32 reference module; a graph passes at its own precision's threshold."""
@@ -79,17 +89,12 @@ def check_components(pipe: LiDiTPipeline, runtime: Pipeline, shapes: list[dict])
     for shape in shapes:
         feeds = component_inputs(pipe, shape["batch"], shape["text_lengths"], tuple(shape["latent_hw"]), seed=7)
         for name, inputs in feeds.items():
-            expected = modules[name](*(torch.from_numpy(v) for v in inputs.values()))
-            expected = expected if isinstance(expected, tuple) else (expected,)
-            if name.startswith("encoder_"):  # a prefix-cached graph takes the caption tokens only
-                graph_feeds = runtime.manifest.encoders[int(name.split("_")[1])].encoder_inputs(**inputs)
-            else:
-                graph_feeds = inputs
+            graph_feeds, expected = reference_case(modules, runtime.manifest, name, inputs)
             actual = runtime.backend.run(name, graph_feeds)
             precision = runtime.manifest.components[name].precision
             limit = THRESHOLDS[precision]["component_rel_l2"]
             for out_name, a, e in zip(runtime.backend.output_names[name], actual, expected):
-                errors = tensor_errors(a, e.float().numpy())
+                errors = tensor_errors(a, e)
                 rows.append({"component": name, "output": out_name, "precision": precision, "shape": list(a.shape),
                              "inputs": {k: list(v.shape) for k, v in inputs.items()}, **errors,
                              "limit": limit, "passed": errors["rel_l2"] <= limit})
@@ -198,12 +203,8 @@ def dump_polygraphy(model_dir: str | Path, build_dir: str | Path, out_dir: str |
     modules = component_modules(pipe)
     commands = []
     for name, record in manifest.components.items():
-        inputs = feeds[name]
-        expected = modules[name](*(torch.from_numpy(v) for v in inputs.values()))
-        expected = expected if isinstance(expected, tuple) else (expected,)
-        if name.startswith("encoder_"):
-            inputs = manifest.encoders[int(name.split("_")[1])].encoder_inputs(**inputs)
-        outputs = {o["name"]: e.float().numpy() for o, e in zip(record.outputs, expected)}
+        inputs, expected = reference_case(modules, manifest, name, feeds[name])
+        outputs = {o["name"]: e for o, e in zip(record.outputs, expected)}
         inputs_file, reference_file = out_dir / f"{name}_inputs.json", out_dir / f"{name}_reference.json"
         save_json([inputs], str(inputs_file))
         RunResults([("torch-reference", [IterationResult(outputs, runner_name="torch-reference")])]).save(str(reference_file))

@@ -50,9 +50,9 @@ class CalibrationSettings:
 @dataclass
 class QuantizedComponent:
     component: str
-    module: nn.Module  # the quantized (fake-quant) or cast copy that is exported
-    plan: LayerPlan | None  # None for plain casts (fp16 / bf16)
-    key: str  # identifies the calibration (or cast); part of the graph's input key
+    module: nn.Module  # the quantized (fake-quant) copy that is exported
+    plan: LayerPlan
+    key: str  # identifies the calibration; part of the graph's input key
     from_cache: bool = False
     amax: dict = field(default_factory=dict)
 
@@ -159,6 +159,19 @@ def restore(pipe, recipe: QuantRecipe, plan: LayerPlan, state: dict[str, torch.T
     return module.eval()
 
 
+def load_calibration(pipe, folder: str | Path) -> dict[str, QuantizedComponent]:
+    """The quantized components stored in one calibration folder (recipe and layer plans from its JSON)."""
+    folder = Path(folder)
+    meta = json.loads((folder / "calibration.json").read_text())
+    recipe = QuantRecipe(**meta["recipe"])
+    out = {}
+    for c, plan_data in meta["plans"].items():
+        plan = LayerPlan(**plan_data)
+        module = restore(pipe, recipe, plan, load_file(str(folder / f"{c}.safetensors")))
+        out[c] = QuantizedComponent(c, module, plan, meta["key"], True, _quantizer_values(module))
+    return out
+
+
 def calibrate(pipe, model_dir: str | Path, recipe: QuantRecipe, settings: CalibrationSettings, cache_dir: str | Path,
               progress=print, use_cache: bool = True) -> dict[str, QuantizedComponent]:
     recipe.validate()
@@ -169,12 +182,7 @@ def calibrate(pipe, model_dir: str | Path, recipe: QuantRecipe, settings: Calibr
     folder = Path(cache_dir) / f"{recipe.precision}-{key}"
     if use_cache and (folder / "calibration.json").exists():
         progress(f"calibration {folder.name}: reused from cache")
-        out = {}
-        for c, plan in plans.items():
-            state = load_file(str(folder / f"{c}.safetensors"))
-            module = restore(pipe, recipe, plan, state)
-            out[c] = QuantizedComponent(c, module, plan, key, True, _quantizer_values(module))
-        return out
+        return load_calibration(pipe, folder)
 
     progress(f"calibration {folder.name}: {len(settings.prompts)} prompts x {settings.steps} steps, "
              f"{settings.height}x{settings.width}, cfg {settings.cfg}, seed {settings.seed}")

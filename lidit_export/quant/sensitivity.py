@@ -14,7 +14,7 @@ from torch import nn
 
 from lidit_runtime.pipeline import GenerateRequest
 
-from .recipes import QuantRecipe, modelopt, plan_layers
+from .recipes import QuantRecipe, modelopt, modelopt_config, plan_layers
 
 
 @torch.no_grad()
@@ -43,15 +43,10 @@ def dit_sensitivity(pipe, precision: str, inputs: list[tuple]) -> list[dict]:
     recipe = QuantRecipe(precision)
     plan = plan_layers("dit", pipe.transformer, recipe, pipe.config.transformer.depth)
     layers = plan.quantized + list(plan.excluded)
-    base = mtq.FP8_DEFAULT_CFG if precision == "fp8" else mtq.INT8_DEFAULT_CFG
-    entries = {q["quantizer_name"]: q["cfg"] for q in base["quant_cfg"] if "cfg" in q}
-    quant_cfg = [{"quantizer_name": "*", "enable": False}]
-    for layer in layers:
-        quant_cfg += [{"quantizer_name": f"{layer}.weight_quantizer", "cfg": entries["*weight_quantizer"]},
-                      {"quantizer_name": f"{layer}.input_quantizer", "cfg": entries["*input_quantizer"]}]
+    config = {**modelopt_config(recipe, layers), "algorithm": "max"}  # the recipe's quantizers, no smoothing
     dit = copy.deepcopy(pipe.transformer)
     references = [pipe.transformer(*args) for args in inputs]
-    mtq.quantize(dit, {"quant_cfg": quant_cfg, "algorithm": "max"}, lambda m: [m(*args) for args in inputs])
+    mtq.quantize(dit, config, lambda m: [m(*args) for args in inputs])
     quantizers = _quantizers(dit)
     rows = []
     for layer in layers:
