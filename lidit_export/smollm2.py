@@ -23,6 +23,11 @@ def cache_dir() -> Path:
 
 
 def gguf_path() -> Path:
+    override = os.environ.get("LIDIT_SMOLLM2_GGUF")  # the same file from elsewhere (e.g. a machine without pip)
+    if override:
+        if not Path(override).exists():
+            raise ArtifactError(f"LIDIT_SMOLLM2_GGUF={override} does not exist; unset it or point it at {GGUF_NAME}")
+        return Path(override)
     try:
         dist = importlib.metadata.distribution(PACKAGE)
     except importlib.metadata.PackageNotFoundError:
