@@ -78,13 +78,36 @@ def _cmd_build(args) -> None:
     from .build.build_pipeline import BuildOptions, build_pipeline
     from .export.graph_spec import ShapeProfile
 
+    from .engine.builder import EngineOptions
+
+    engines = None if args.target == "none" else EngineOptions(
+        target=args.target, opt_level=args.opt_level, workspace_gib=args.workspace_gib,
+        compute_capability=args.compute_capability, profiles=_parse_profiles(args.profile), refit=args.refit,
+        strip_weights=args.strip_weights).validate()
     options = BuildOptions(precision=args.precision, prompts_file=args.prompts, num_prompts=args.num, steps=args.steps,
                            seed=args.seed, smoothquant_alpha=args.alpha, prefix_cache=not args.no_prefix_cache,
-                           profile=ShapeProfile(max_batch=args.max_batch, max_image=args.max_image))
+                           profile=ShapeProfile(max_batch=args.max_batch, max_image=args.max_image), engines=engines)
     manifest = build_pipeline(args.model, args.out, options)
     parts = ", ".join(f"{n} {r.precision}" for n, r in manifest.components.items())
     print(f"built {args.out} ({parts}); report: {Path(args.out) / 'build_report.json'}")
+    if manifest.engines:
+        rec = next(iter(manifest.engines.values()))
+        print(f"engines: {rec.target} {rec.tensorrt_version}, sm{rec.compute_capability}, in {Path(args.out) / 'engines'}")
     print(f"run it: lidit-export generate --backend onnxruntime --build {args.out} --prompt \"a red cat\"")
+
+
+def _parse_profiles(items: list[str] | None) -> dict:
+    """["dit.latent_height=8,16,32", ...] -> {"dit": {"latent_height": [8, 16, 32]}}."""
+    out: dict = {}
+    for item in items or []:
+        try:
+            where, values = item.split("=")
+            component, dim = where.split(".")
+            lo, opt, hi = (int(v) for v in values.split(","))
+        except ValueError:
+            raise LiditError(f"--profile {item!r}: write COMPONENT.DIM=MIN,OPT,MAX, e.g. dit.latent_height=8,32,64") from None
+        out.setdefault(component, {})[dim] = [lo, opt, hi]
+    return out
 
 
 def _cmd_calibrate(args) -> None:
@@ -133,6 +156,35 @@ def _cmd_parity(args) -> None:
             print(f"  {command}")
 
 
+def _cmd_train(args) -> None:
+    import torch
+
+    from .toy import train
+
+    settings = train.TrainSettings(**{k: v for k, v in vars(args).items()
+                                      if k in train.TrainSettings.__dataclass_fields__ and v is not None}).validate()
+    llm = Path(args.llm) if args.llm else _smollm2()
+    work = Path(args.work)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_dir = train.train_variant(work, llm, args.variant, settings, train._device(args.device))
+    print(f"trained {args.variant}: model folder {model_dir}")
+    if not args.no_eval:
+        from .toy.scorer import KINDS
+
+        _, heldout = train.prepare_scenes(work, settings)
+        _, summary = train.evaluate(model_dir, heldout, args.device)
+        train.atomic_write_json(model_dir.parent / "scores.json", summary)
+        kinds = ", ".join(f"{k} {summary[k]['accuracy']:.1%}" for k in KINDS if k in summary)
+        print(f"held-out attribute accuracy {summary['all']['accuracy']:.1%} ({kinds})")
+
+
+def _smollm2() -> Path:
+    from .smollm2 import smollm2_folder
+
+    return smollm2_folder()
+
+
 def _cmd_info(args) -> None:
     from .config import PipelineConfig
     from .model.info import describe
@@ -164,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("init", help="write a model folder from a preset (seeded random weights + real LLMs)")
-    p.add_argument("--preset", required=True, help="tiny | smol | li-dit-1b | li-dit-10b")
+    p.add_argument("--preset", required=True, help="mini (trained, SmolLM2) | tiny | smol | li-dit-1b | li-dit-10b")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
@@ -181,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"])
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--quiet", action="store_true")
@@ -199,7 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="every stage that is not up to date: export -> calibrate -> quantize")
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True, help="build folder")
-    p.add_argument("--precision", default="fp32", help="fp32 | fp8 | int8 (refiner + DiT; encoders and VAE stay fp32)")
+    p.add_argument("--precision", default="fp32",
+                   help="fp32 | fp16 | fp8 | int8 | int8-wo (refiner + DiT; encoders and VAE stay fp32)")
+    p.add_argument("--target", default="auto", choices=["auto", "trt", "trt-rtx", "none"],
+                   help="TensorRT engines: full TensorRT, TensorRT for RTX, whichever is installed, or none")
+    p.add_argument("--compute-capability", default=None, help="engine GPU, e.g. 8.9 (default: this GPU; 8.9 for trt-rtx)")
+    p.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimization level 0-5")
+    p.add_argument("--workspace-gib", type=float, default=4.0)
+    p.add_argument("--profile", action="append", help="engine profile override COMPONENT.DIM=MIN,OPT,MAX (repeatable)")
+    p.add_argument("--refit", action="store_true", help="refittable engines")
+    p.add_argument("--strip-weights", action="store_true", help="weightless engines (with --refit)")
     p.add_argument("--prompts", default=None, help="calibration prompts (.jsonl or one per line); default: shipped set")
     p.add_argument("--num", type=int, default=None, help="calibration prompts (default 128 for fp8, 64 for int8)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps while calibrating (default: production)")
@@ -238,6 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-eval", type=int, default=8, help="held-out evaluation prompts")
     p.add_argument("--steps", type=int, default=None)
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("train", help="train the miniature LI-DiT on the procedural world (or one ablation)")
+    p.add_argument("--work", required=True, help="work folder: data, VAE, LLM features, runs/<variant>/model")
+    p.add_argument("--variant", default="full", help="full | no-instruction | no-refiner | causal-refiner")
+    p.add_argument("--llm", default=None, help="HF folder of the frozen LLM (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    for name in ("scenes", "steps", "batch", "vae_steps", "vae_batch", "width", "depth", "heads", "seed"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop training after this long (steps done are recorded)")
+    p.add_argument("--no-eval", action="store_true", help="skip scoring the 200 held-out captions")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("info", help="components, parameter counts, FLOPs per denoising step")
     p.add_argument("model", help="model folder")

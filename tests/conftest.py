@@ -53,7 +53,7 @@ def tiny_build(tiny_folder, tmp_path_factory):
 def quantized_build(model_folder, build, precision, prompts=4, steps=3):
     from lidit_export.build.build_pipeline import BuildOptions, build_pipeline
 
-    options = BuildOptions(precision=precision, num_prompts=prompts, steps=steps)
+    options = BuildOptions(precision=precision, num_prompts=prompts, steps=steps, engines=None)  # engines: test_engines
     build_pipeline(model_folder, build, options, progress=lambda *_: None)
     return build
 

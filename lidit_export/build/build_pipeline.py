@@ -7,9 +7,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lidit_runtime.manifest import Manifest
+from lidit_runtime.manifest import MANIFEST, Manifest
 
 from ..artifacts import atomic_write_text
+from ..engine.builder import EngineOptions, EngineRefused, EngineUnavailable, build_engines
 from ..errors import ConfigError
 from ..export.export_build import export_model
 from ..export.graph_spec import ShapeProfile
@@ -18,10 +19,10 @@ from ..quant.calibrate import CalibrationSettings, QuantizedComponent, calibrate
 from ..quant.prompts import load_prompts
 from ..quant.recipes import QuantRecipe
 
-PRECISIONS = ("fp32", "fp8", "int8")
-LATER = {"fp16": "FP16", "bf16": "BF16"}  # half-precision graphs come with the TensorRT builder
+PRECISIONS = ("fp32", "fp16", "fp8", "int8", "int8-wo")  # int8-wo: INT8 weights only (TensorRT for RTX)
+LATER = {"bf16": "BF16"}
 # Calibration prompt counts of the best toolchains [toolchain practice 1].
-DEFAULT_CALIBRATION_PROMPTS = {"fp8": 128, "int8": 64}
+DEFAULT_CALIBRATION_PROMPTS = {"fp8": 128, "int8": 64, "int8-wo": 64}
 
 
 @dataclass
@@ -34,11 +35,12 @@ class BuildOptions:
     smoothquant_alpha: float = 0.5
     prefix_cache: bool = True
     profile: ShapeProfile = field(default_factory=ShapeProfile)
+    engines: EngineOptions | None = field(default_factory=EngineOptions)  # None: stop after the ONNX stages
 
     def validate(self) -> "BuildOptions":
         if self.precision in LATER:
-            raise ConfigError(f"--precision {self.precision}: {LATER[self.precision]} graphs are not built yet (the "
-                              "TorchScript exporter upcasts parts of half-precision attention); use fp32, fp8 or int8")
+            raise ConfigError(f"--precision {self.precision}: {LATER[self.precision]} graphs are not built yet (ONNX "
+                              "Runtime's CPU kernels lack BF16 convolutions, so they cannot be checked here); use fp16")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision {self.precision} is unknown; use one of {', '.join(PRECISIONS)}")
         return self
@@ -52,8 +54,8 @@ def build_pipeline(model_dir: str | Path, build_dir: str | Path, options: BuildO
     started = time.perf_counter()
     report: dict = {"precision": precision, "model": str(model_dir), "stages": {}}
     quantized: dict[str, QuantizedComponent] = {}
-    if precision in ("fp8", "int8"):
-        recipe = QuantRecipe(precision, smoothquant_alpha=options.smoothquant_alpha).validate()
+    if precision in ("fp8", "int8", "int8-wo"):
+        recipe = QuantRecipe(precision[:4], smoothquant_alpha=options.smoothquant_alpha).validate()
         prompts = load_prompts(options.prompts_file, split="calibration")
         count = options.num_prompts or DEFAULT_CALIBRATION_PROMPTS[precision]
         settings = CalibrationSettings(prompts=prompts[:count], steps=options.steps or pipe.config.scheduler.default_steps,
@@ -85,6 +87,29 @@ def build_pipeline(model_dir: str | Path, build_dir: str | Path, options: BuildO
             "precision": rec.precision, "file": rec.file, "bytes": sum(f.stat().st_size for f in files),
             "quantized_layers": len(plan.quantized) if plan else 0, "excluded_layers": plan.excluded if plan else {},
             "fp8_attention": plan.attention if plan else []}
+    if options.engines is not None:
+        _engine_stage(build_dir, manifest, options.engines, report, progress)
     report["seconds"] = time.perf_counter() - started
     atomic_write_text(build_dir / "build_report.json", json.dumps(report, indent=2) + "\n")
     return manifest
+
+
+def _engine_stage(build_dir: Path, manifest: Manifest, options: EngineOptions, report: dict, progress) -> None:
+    """TensorRT engines; with --target auto and no TensorRT at all, the build ends after the ONNX stages."""
+    t0 = time.perf_counter()
+    try:
+        result = build_engines(build_dir, manifest, options, progress)
+    except (EngineUnavailable, EngineRefused) as e:
+        if options.target != "auto":
+            raise
+        report["stages"]["engines"] = {"skipped": str(e)}
+        progress(f"{e}. The build stopped after the ONNX stages: {build_dir}/onnx holds the graphs and "
+                 f"{build_dir}/manifest.json describes them; run them with `lidit-export generate --backend "
+                 f"onnxruntime --build {build_dir} --prompt \"...\"`")
+        return
+    manifest.engines = result["engines"]
+    atomic_write_text(build_dir / MANIFEST, manifest.to_json())
+    report["stages"]["engines"] = {"seconds": time.perf_counter() - t0, **result["target"]}
+    for name, r in result["report"].items():
+        report["components"][name].update({f"engine_{k}": v for k, v in r.items()})
+        report["components"][name]["engine_file"] = manifest.engines[name].file

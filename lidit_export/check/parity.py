@@ -34,6 +34,10 @@ THRESHOLDS = {
     "fp32": {"component_rel_l2": 1e-4, "step_cosine": 0.9999, "image_psnr_db": 40.0, "image_ssim": 0.99},
     "fp8": {"component_rel_l2": 0.25, "step_cosine": 0.99, "image_psnr_db": 30.0, "image_ssim": 0.97},
     "int8": {"component_rel_l2": 0.05, "step_cosine": 0.999, "image_psnr_db": 40.0, "image_ssim": 0.99},
+    # fp16: refiner + DiT in FP16, timestep sinusoids kept FP32; measured 1.4e-2 on the random tiny refiner
+    # (large random activations), image 64.5 dB. int8-wo: INT8 weights only (TensorRT for RTX).
+    "fp16": {"component_rel_l2": 3e-2, "step_cosine": 0.9999, "image_psnr_db": 40.0, "image_ssim": 0.99},
+    "int8-wo": {"component_rel_l2": 0.05, "step_cosine": 0.999, "image_psnr_db": 40.0, "image_ssim": 0.99},
 }
 PIXEL_STD_FLOOR = 2.0  # a flat image means a dead pipeline, whatever it matches
 

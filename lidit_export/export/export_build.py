@@ -34,6 +34,9 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
+HALF_COMPONENTS = ("refiner", "dit")  # what --precision fp16 converts (encoders and VAE stay FP32)
+
+
 def _source_files(model_dir: Path, pipe: LiDiTPipeline, name: str) -> list[Path]:
     if name.startswith("encoder_"):
         folder = model_dir / pipe.config.encoders[int(name.split("_")[1])].path
@@ -60,13 +63,13 @@ def input_key(model_dir: Path, pipe: LiDiTPipeline, name: str, spec, prefix_cach
     return h.hexdigest()
 
 
-def load_previous(build_dir: Path) -> dict[str, ComponentRecord]:
+def load_previous(build_dir: Path) -> Manifest | None:
     from lidit_runtime.manifest import load_manifest
 
     try:
-        return load_manifest(build_dir, check_files=False).components
+        return load_manifest(build_dir, check_files=False)
     except ArtifactError:  # no or unreadable manifest: everything is redone
-        return {}
+        return None
 
 
 def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapeProfile | None = None,
@@ -80,7 +83,8 @@ def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapePro
     pipe = pipe or LiDiTPipeline.from_pretrained(model_dir)
     config = pipe.config
     specs = graph_specs(config, profile, prefix_cache)
-    previous = load_previous(build_dir)
+    old_manifest = load_previous(build_dir)
+    previous = old_manifest.components if old_manifest else {}
     opt = [specs["refiner"].dims[f"text_len_{i}"][1] for i in range(len(config.encoders))]
     latent = specs["dit"].dims["latent_height"][1]
     sample = component_inputs(pipe, batch=2, text_lengths=opt, latent_hw=(latent, latent))
@@ -92,9 +96,12 @@ def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapePro
     records = {}
     for name, spec in specs.items():
         key = input_key(model_dir, pipe, name, spec, prefix_cache)
-        graph_precision = precision if name in quantized else "fp32"
+        half = precision == "fp16" and name in HALF_COMPONENTS
+        graph_precision = precision if name in quantized or half else "fp32"
         if name in quantized:  # the calibration key covers the recipe, settings and weights
             key = hashlib.sha256(f"{key}:{precision}:{quantized[name].key}".encode()).hexdigest()
+        elif half:
+            key = hashlib.sha256(f"{key}:fp16".encode()).hexdigest()
         file = f"onnx/{name}.onnx"
         old = previous.get(name)
         if old and old.input_key == key and (build_dir / file).exists() and file_sha256(build_dir / file) == old.sha256:
@@ -102,12 +109,12 @@ def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapePro
             records[name] = old
             continue
         progress(f"  {name} ({graph_precision}): exporting ...")
-        digest = export_graph(modules[name], spec, sample[name], build_dir / file)
+        digest = export_graph(modules[name], spec, sample[name], build_dir / file, precision=graph_precision)
         check_exported_io(build_dir / file, spec)
         records[name] = ComponentRecord(
             name=name, file=file, sha256=digest, precision=graph_precision,
             # Q/DQ graphs run at ORT_ENABLE_BASIC: CPU INT8 is inexact at higher levels on AVX2-only CPUs.
-            ort_optimization="basic" if name in quantized else "all",
+            ort_optimization="basic" if name in quantized or half else "all",
             inputs=[asdict(t) for t in spec.inputs], outputs=[asdict(t) for t in spec.outputs],
             dims={k: list(v) for k, v in spec.dims.items()}, derived_dims=spec.derived_dims, input_key=key)
     tokenizer_files = copy_tokenizers(pipe, build_dir)
@@ -119,6 +126,7 @@ def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapePro
         encoders=[EncoderRecord(f, e.prefix_text, e.suffix_text, e.caption_separator, e.max_length, e.pad_token_id,
                                 prefixes[i], prefix_cache)
                   for i, (f, e) in enumerate(zip(tokenizer_files, config.encoders))],
-        components=records, tool_versions=tool_versions())
+        components=records, tool_versions=tool_versions(),
+        engines=old_manifest.engines if old_manifest else {})  # the engine stage decides which are still valid
     atomic_write_text(build_dir / MANIFEST, manifest.to_json())
     return manifest

@@ -129,3 +129,61 @@ def fold_weight_quantization(model: onnx.ModelProto) -> int:
     del graph.value_info[:]
     graph.value_info.extend(kept_info)
     return len(folded)
+
+
+def strip_activation_qdq(model: onnx.ModelProto) -> int:
+    """INT8 weight-only graphs (what TensorRT for RTX runs): drop every QuantizeLinear -> DequantizeLinear
+    pair on an activation, keeping the quantized weights (initializer -> DequantizeLinear). Consumers of the
+    removed DequantizeLinear read the QuantizeLinear's input instead. Returns the pairs removed."""
+    graph = model.graph
+    weights = {t.name for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    rename, drop = {}, set()
+    for dq in graph.node:
+        q = producers.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] in weights:
+            continue
+        rename[dq.output[0]] = q.input[0]
+        drop.update((id(q), id(dq)))
+    keep = [n for n in graph.node if id(n) not in drop]
+    for n in keep:
+        for i, name in enumerate(n.input):
+            if name in rename:
+                n.input[i] = rename[name]
+    for out in graph.output:
+        if out.name in rename:
+            raise ValueError(f"graph output {out.name} is a quantized activation; cannot strip it")
+    del graph.node[:]
+    graph.node.extend(keep)
+    return len(rename)
+
+
+def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """An FP16 graph with FP32 inputs/outputs (ONNX Runtime's converter). The timestep embedders stay FP32:
+    sin/cos of t * freq with t up to 1000 lose all precision in FP16 (its ulp at 1000 is 0.5)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    keep = [n.name for n in model.graph.node  # the sinusoid, up to the cast into the embedder MLP
+            if "t_embedder/" in n.name and "/mlp" not in n.name and not n.name.endswith("Cast_1")]
+    model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True, node_block_list=keep)
+    topological_sort_(model.graph)  # the converter appends its input casts at the end
+    return model
+
+
+def topological_sort_(graph) -> None:
+    """Reorder graph.node so that every node comes after the producers of its inputs (stable)."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(name in ready for name in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ValueError(f"graph has a cycle or a missing input at node {rest[0].name}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)

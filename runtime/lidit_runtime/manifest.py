@@ -51,6 +51,24 @@ class ComponentRecord:
 
 
 @dataclass
+class EngineRecord:
+    """A TensorRT engine built from one component's graph; `key` hashes everything it was built from."""
+
+    name: str
+    file: str  # relative to the build folder
+    sha256: str
+    key: str
+    target: str  # trt | trt-rtx
+    tensorrt_version: str
+    compute_capability: str  # "8.9"
+    precision: str
+    onnx_sha256: str
+    dims: dict  # the optimization profile: dim -> [min, opt, max]
+    refit: bool = False
+    stripped: bool = False
+
+
+@dataclass
 class Manifest:
     format: str
     model_name: str
@@ -63,6 +81,7 @@ class Manifest:
     encoders: list[EncoderRecord]
     components: dict[str, ComponentRecord]
     tool_versions: dict = field(default_factory=dict)
+    engines: dict[str, EngineRecord] = field(default_factory=dict)
 
     @property
     def scheduler_config(self) -> SchedulerConfig:
@@ -89,6 +108,7 @@ def load_manifest(build_dir: str | Path, verify: bool = False, check_files: bool
     try:
         data["encoders"] = [EncoderRecord(**e) for e in data["encoders"]]
         data["components"] = {k: ComponentRecord(**c) for k, c in data["components"].items()}
+        data["engines"] = {k: EngineRecord(**e) for k, e in data.get("engines", {}).items()}
         manifest = Manifest(**data)
     except TypeError as e:
         raise ArtifactError(f"{path} does not match the manifest schema ({e}); re-run `lidit-export export`") from None
@@ -100,6 +120,29 @@ def load_manifest(build_dir: str | Path, verify: bool = False, check_files: bool
             raise ArtifactError(f"{file} does not match its manifest hash (modified or truncated); "
                                 "re-run `lidit-export export` to rebuild it")
     return manifest
+
+
+def check_engines(manifest: Manifest, build_dir: str | Path, target: str, version: str,
+                  compute_capability: str | None) -> None:
+    """Refuse engines the running TensorRT / GPU cannot load, with the command that rebuilds them."""
+    build_dir = Path(build_dir)
+    if not manifest.engines:
+        raise ArtifactError(f"{build_dir} has no TensorRT engines; build them with `lidit-export build --model DIR "
+                            f"--out {build_dir} --target {target}` (or run it with --backend onnxruntime)")
+    for rec in manifest.engines.values():
+        rebuild = (f"rebuild with `lidit-export build --model DIR --out {build_dir} --precision {rec.precision} "
+                   f"--target {target}`")
+        if (rec.target, rec.tensorrt_version) != (target, version):
+            raise ArtifactError(f"engine {rec.file} was built by {rec.target} {rec.tensorrt_version}, this is {target} "
+                                f"{version}; {rebuild}")
+        if compute_capability is not None and rec.compute_capability != compute_capability:
+            raise ArtifactError(f"engine {rec.file} was built for compute capability {rec.compute_capability}, this GPU "
+                                f"is {compute_capability}; {rebuild}")
+        file = build_dir / rec.file
+        if not file.exists():
+            raise ArtifactError(f"engine {file} is missing; {rebuild}")
+        if file_sha256(file) != rec.sha256:
+            raise ArtifactError(f"engine {file} does not match its manifest hash (modified or truncated); {rebuild}")
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

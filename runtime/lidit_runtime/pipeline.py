@@ -174,11 +174,16 @@ class Pipeline:
 
         build_dir = Path(build_dir)
         manifest = load_manifest(build_dir, verify=verify)
-        if backend != "onnxruntime":
-            raise ConfigError(f"backend={backend!r} is not available in this runtime yet; use 'onnxruntime'")
-        from .backends.onnxruntime import OnnxRuntimeBackend
+        if backend == "tensorrt":
+            from .backends.tensorrt import TensorRTBackend
 
-        runner = OnnxRuntimeBackend(build_dir, manifest, providers, **backend_options)
+            runner = TensorRTBackend(build_dir, manifest, **backend_options)
+        elif backend == "onnxruntime":
+            from .backends.onnxruntime import OnnxRuntimeBackend
+
+            runner = OnnxRuntimeBackend(build_dir, manifest, providers, **backend_options)
+        else:
+            raise ConfigError(f"backend={backend!r} is unknown; use 'onnxruntime' or 'tensorrt'")
         tokenizers = [PromptTokenizer(build_dir / e.tokenizer_file, e.prefix_text, e.suffix_text, e.max_length,
                                       e.pad_token_id, e.caption_separator) for e in manifest.encoders]
         return cls(manifest, runner, tokenizers)

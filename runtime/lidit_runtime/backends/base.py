@@ -39,3 +39,16 @@ class Backend(Protocol):
 
     def decode_latents(self, latents: Array) -> Array:
         """VAE decoder: latents (B, C, h, w) -> image (B, 3, H, W) in [0, 1]."""
+
+
+def refiner_feeds(hidden, masks, pooled, timestep) -> dict:
+    """Inputs of the refiner graph/engine, named as exported (one hidden/mask/pooled per LLM)."""
+    feeds = {"timestep": timestep}
+    for i, (h, m, p) in enumerate(zip(hidden, masks, pooled)):
+        feeds.update({f"hidden_{i}": h, f"attention_mask_{i}": m, f"pooled_{i}": p})
+    return feeds
+
+
+def dit_feeds(latents, timestep, context, context_mask, pooled) -> dict:
+    return {"latents": latents, "timestep": timestep, "context": context, "context_mask": context_mask,
+            "pooled": pooled}

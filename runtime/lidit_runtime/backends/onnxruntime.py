@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import ArtifactError
 from ..manifest import Manifest
+from .base import dit_feeds, refiner_feeds
 
 _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
            "all": "ORT_ENABLE_ALL"}
@@ -77,15 +78,11 @@ class OnnxRuntimeBackend:
         return hidden.copy(), pooled.copy()  # reused across every step: take them out of the shared buffers
 
     def refine_tokens(self, hidden, masks, pooled, timestep):
-        feeds = {"timestep": timestep}
-        for i, (h, m, p) in enumerate(zip(hidden, masks, pooled)):
-            feeds.update({f"hidden_{i}": h, f"attention_mask_{i}": m, f"pooled_{i}": p})
-        context, mask = self.run("refiner", feeds)
+        context, mask = self.run("refiner", refiner_feeds(hidden, masks, pooled, timestep))
         return context, mask
 
     def denoise(self, latents, timestep, context, context_mask, pooled):
-        return self.run("dit", {"latents": latents, "timestep": timestep, "context": context,
-                                "context_mask": context_mask, "pooled": pooled})[0]
+        return self.run("dit", dit_feeds(latents, timestep, context, context_mask, pooled))[0]
 
     def decode_latents(self, latents):
         return self.run("vae_decoder", {"latents": latents})[0].copy()

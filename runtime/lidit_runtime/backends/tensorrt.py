@@ -1,0 +1,126 @@
+"""TensorRT backend: the engines of BUILD/engines on one CUDA stream, device memory through CuPy.
+
+- engines are checked against the running TensorRT and GPU (manifest.check_engines), deserialized once;
+- one execution context per engine, all sharing one scratch block sized for the largest engine (the
+  stages run one after another on one stream, so they never need it at the same time);
+- output tensors are allocated once per (engine, input shapes) and reused: a denoising loop at a fixed
+  shape allocates nothing after its first step; set_tensor_address + execute_async_v3 on the stream;
+- arrays are CuPy arrays, so run_chain's CFG and sampler arithmetic stay on the GPU, and nothing
+  synchronizes with the host inside the loop unless `profile=True` (then each stage is timed by events).
+
+Not yet here (issue 6): capturing the per-step chain as a CUDA graph. This module has only been
+checked for import and refusals on a machine without a GPU; its GPU path is unverified.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ArtifactError
+from ..manifest import Manifest, check_engines
+from .base import dit_feeds, refiner_feeds
+
+MODULES = {"trt": "tensorrt", "trt-rtx": "tensorrt_rtx"}
+_NP = {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64, "INT32": np.int32, "BOOL": np.bool_}
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+
+    def __init__(self, build_dir: str | Path, manifest: Manifest, profile: bool = False):
+        try:
+            import cupy
+        except ImportError:
+            raise ArtifactError("the TensorRT backend needs CuPy for device memory: pip install cupy-cuda12x "
+                                "(or cupy-cuda13x)") from None
+        target = next(iter(manifest.engines.values())).target if manifest.engines else "trt"
+        try:
+            trt = importlib.import_module(MODULES[target])
+        except ImportError:
+            raise ArtifactError(f"the engines were built for {target}; install {MODULES[target]} to run them, or use "
+                                "--backend onnxruntime") from None
+        cc = ".".join(str(v) for v in cupy.cuda.Device().compute_capability)  # "89" -> "8.9"
+        check_engines(manifest, build_dir, target, trt.__version__, cc)
+        self.cp, self.trt = cupy, trt
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+        self.stream.use()  # CuPy's current stream: run_chain's arithmetic queues behind the engines
+        self.profile = profile
+        self.stage_ms: dict[str, float] = {}
+        logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(logger)
+        self.engines, self.contexts = {}, {}
+        strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
+        for name, rec in manifest.engines.items():
+            engine = self._runtime.deserialize_cuda_engine((Path(build_dir) / rec.file).read_bytes())
+            if engine is None:
+                raise ArtifactError(f"{rec.file} could not be deserialized; rebuild it with `lidit-export build`")
+            self.engines[name] = engine
+            self.contexts[name] = engine.create_execution_context(strategy)
+        scratch = max(e.device_memory_size_v2 for e in self.engines.values())
+        self._scratch = cupy.empty(max(scratch, 1), dtype=np.uint8)
+        for ctx in self.contexts.values():
+            ctx.set_device_memory(self._scratch.data.ptr, scratch)
+        self.encoders = manifest.encoders
+        self._outputs: dict[tuple, dict[str, object]] = {}
+
+    def run(self, name: str, feeds: dict) -> list:
+        """Run engine `name` on device arrays; outputs live in buffers reused per input shapes."""
+        cp, trt = self.cp, self.trt
+        engine, ctx = self.engines[name], self.contexts[name]
+        key = (name, *(tuple(v.shape) for v in feeds.values()))
+        for k, v in feeds.items():
+            want = _NP[engine.get_tensor_dtype(k).name]
+            v = v if v.dtype == want and v.flags.c_contiguous else cp.ascontiguousarray(v, dtype=want)
+            feeds[k] = v
+            ctx.set_input_shape(k, tuple(v.shape))
+            ctx.set_tensor_address(k, v.data.ptr)
+        outputs = self._outputs.get(key)
+        if outputs is None:
+            names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+            outputs = {n: cp.empty(tuple(ctx.get_tensor_shape(n)), dtype=_NP[engine.get_tensor_dtype(n).name])
+                       for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT}
+            self._outputs[key] = outputs
+        for n, buf in outputs.items():
+            ctx.set_tensor_address(n, buf.data.ptr)
+        start = end = None
+        if self.profile:
+            start, end = cp.cuda.Event(), cp.cuda.Event()
+            start.record(self.stream)
+        if not ctx.execute_async_v3(self.stream.ptr):
+            raise RuntimeError(f"TensorRT failed to run {name}")
+        if self.profile:
+            end.record(self.stream)
+            end.synchronize()
+            self.stage_ms[name] = self.stage_ms.get(name, 0.0) + cp.cuda.get_elapsed_time(start, end)
+        return list(outputs.values())
+
+    # --- the Backend interface ---------------------------------------------------------------
+    def asarray(self, host: np.ndarray):
+        return self.cp.asarray(host)
+
+    def to_numpy(self, array) -> np.ndarray:
+        return self.cp.asnumpy(array, stream=self.stream, blocking=True)
+
+    def concat(self, arrays, axis: int):
+        return self.cp.concatenate(list(arrays), axis=axis)
+
+    def synchronize(self) -> None:
+        if self.profile:  # honest per-stage host timings; otherwise the loop never waits for the GPU
+            self.stream.synchronize()
+
+    def encode_prompt(self, index, input_ids, attention_mask):
+        feeds = self.encoders[index].encoder_inputs(input_ids, attention_mask)
+        hidden, pooled = self.run(f"encoder_{index}", dict(feeds))
+        return hidden.copy(), pooled.copy()  # kept for every step: out of the shared buffers
+
+    def refine_tokens(self, hidden, masks, pooled, timestep):
+        context, mask = self.run("refiner", refiner_feeds(hidden, masks, pooled, timestep))
+        return context, mask
+
+    def denoise(self, latents, timestep, context, context_mask, pooled):
+        return self.run("dit", dit_feeds(latents, timestep, context, context_mask, pooled))[0]
+
+    def decode_latents(self, latents):
+        return self.run("vae_decoder", {"latents": latents})[0].copy()
