@@ -59,7 +59,7 @@ def test_bad_recipes_are_refused():
         QuantRecipe("fp4").validate()
     with pytest.raises(ConfigError, match="smoothquant_alpha"):
         QuantRecipe("int8", smoothquant_alpha=1.5).validate()
-    with pytest.raises(ConfigError, match="fp32, fp8 or int8"):
+    with pytest.raises(ConfigError, match="use fp16"):
         BuildOptions(precision="bf16").validate()
 
 
