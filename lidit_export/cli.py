@@ -159,6 +159,7 @@ def _cmd_parity(args) -> None:
 def _cmd_train(args) -> None:
     import torch
 
+    from .artifacts import atomic_write_json
     from .toy import train
 
     settings = train.TrainSettings(**{k: v for k, v in vars(args).items()
@@ -174,7 +175,7 @@ def _cmd_train(args) -> None:
 
         _, heldout = train.prepare_scenes(work, settings)
         _, summary = train.evaluate(model_dir, heldout, args.device)
-        train.atomic_write_json(model_dir.parent / "scores.json", summary)
+        atomic_write_json(model_dir.parent / "scores.json", summary)
         kinds = ", ".join(f"{k} {summary[k]['accuracy']:.1%}" for k in KINDS if k in summary)
         print(f"held-out attribute accuracy {summary['all']['accuracy']:.1%} ({kinds})")
 

@@ -168,23 +168,24 @@ def _caption(scene: Scene, rng: random.Random) -> tuple[str, list[Attribute]]:
     elif scene.layout == "pair":
         first, second = ("left", "right") if scene.relation == "horizontal" else ("above", "below")
         rel = ("relation", 0, scene.relation)
+        horizontal = first == "left"
+
+        def relation(word: str) -> None:  # "to the left of" | "above"
+            w.add("to the" if horizontal else "")
+            w.add(word, rel)
+            w.add("of" if horizontal else "")
+
         t = rng.randrange(5)
         if t == 0:  # A left of B
             np_(0, comma=False)
-            w.add("to the" if first == "left" else "")
-            w.add(first, rel)
-            w.add("of" if first == "left" else "")
+            relation(first)
             np_(1)
         elif t == 1:  # B right of A
             np_(1, comma=False)
-            w.add("to the" if first == "left" else "")
-            w.add(second, rel)
-            w.add("of" if first == "left" else "")
+            relation(second)
             np_(0)
         elif t == 2:  # to the left of B there is A
-            w.add("to the" if first == "left" else "")
-            w.add(first, rel)
-            w.add("of" if first == "left" else "")
+            relation(first)
             np_(1, comma=False)
             w.add("there is")
             np_(0)
@@ -194,7 +195,7 @@ def _caption(scene: Scene, rng: random.Random) -> tuple[str, list[Attribute]]:
                 w.comma()
             w.add("and")
             np_(1, comma=False)
-            if first == "left":
+            if horizontal:
                 w.add("on its")
                 w.add("right", rel)
             else:
@@ -202,10 +203,10 @@ def _caption(scene: Scene, rng: random.Random) -> tuple[str, list[Attribute]]:
                 w.add("it")
         else:  # A on the left and B on the right
             np_(0, comma=False)
-            _position(w, 0, "left" if first == "left" else "top", rng, "relation")
+            _position(w, 0, "left" if horizontal else "top", rng, "relation")
             w.add("and")
             np_(1, comma=False)
-            _position(w, 1, "right" if first == "left" else "bottom", rng, "unchecked")
+            _position(w, 1, "right" if horizontal else "bottom", rng, "unchecked")
     else:  # row
         rel = ("relation", 0, "row")
         t = rng.randrange(3)

@@ -95,7 +95,7 @@ def score_image(image: np.ndarray, scene: Scene) -> list[Check]:
             continue
         colour = int(np.bincount(colours).argmax())
         mask = zone == colour
-        found.append((_NAMES[colour], mask))
+        found.append((_NAMES[colour], _shape_of(mask), mask))
     checks = []
     for a in scene.attributes:
         obj = scene.objects[a.obj]
@@ -109,10 +109,9 @@ def score_image(image: np.ndarray, scene: Scene) -> list[Check]:
         elif a.kind == "color":
             ok = got[0] == obj.color
         elif a.kind == "shape":
-            ok = _shape_of(got[1]) == obj.shape
+            ok = got[1] == obj.shape
         elif a.kind == "size":
-            shape = _shape_of(got[1])
-            radius = math.sqrt(got[1].sum() / _AREA_PER_R2[shape])
+            radius = math.sqrt(got[2].sum() / _AREA_PER_R2[got[1]])
             r = RADIUS[scene.layout]
             ok = (radius > (r["small"] + r["large"]) / 2) == (obj.size == "large")
         else:

@@ -234,8 +234,10 @@ def encode_features(work: Path, llm: Path, scenes: list[Scene], instruction: boo
     return out
 
 
-def prepare(work: Path, llm: Path, s: TrainSettings, device: torch.device, instructions=(True, False)) -> None:
-    """Every shared stage: scenes, VAE, latents, LLM features (each skipped when already on disk)."""
+def prepare(work: Path, llm: Path, s: TrainSettings, device: torch.device,
+            instructions=(True, False)) -> tuple[list[Scene], dict[bool, dict]]:
+    """Every shared stage: scenes, VAE, latents, LLM features (each skipped when already on disk).
+    Returns the training scenes and the loaded features per instruction flag."""
     scenes, _ = prepare_scenes(work, s)
     need_images = not (work / "vae" / "config.json").exists() or not (work / "data" / "latents.safetensors").exists()
     if need_images:
@@ -245,10 +247,12 @@ def prepare(work: Path, llm: Path, s: TrainSettings, device: torch.device, instr
         train_vae(work, images, s, device)
         encode_latents(work, images, device)
         del images
+    features = {}
     for flag in instructions:
         t0 = time.time()
-        encode_features(work, llm, scenes, flag, device)
+        features[flag] = encode_features(work, llm, scenes, flag, device)
         log.info("features (instruction=%s) in %.1fs", flag, time.time() - t0)
+    return scenes, features
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -307,18 +311,17 @@ def train_variant(work: Path, llm: Path, name: str, s: TrainSettings, device: to
     model_dir = run / "model"
     if (model_dir / "model_index.json").exists():
         return model_dir
-    prepare(work, llm, s, device, instructions=(variant.instruction,))
-    scenes, _ = prepare_scenes(work, s)
+    scenes, features = prepare(work, llm, s, device, instructions=(variant.instruction,))
     vae_config = json.loads((work / "vae" / "config.json").read_text())
     config = mini_config("llm_0", llm, variant, s, vae_config)
     latents = load_file(str(work / "data" / "latents.safetensors"))["latents"]
-    features = encode_features(work, llm, scenes, variant.instruction, device)
     torch.manual_seed(s.seed)
     refiner, dit = PromptRefiner(config.refiner).to(device), LiDiT(config.transformer).to(device)
     params = [p for m in (refiner, dit) for p in m.parameters()]
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=device.type == "cuda")
-    batches = _Batches(scenes, latents, features, s, device, torch.Generator(device).manual_seed(s.seed + 1))
+    batches = _Batches(scenes, latents, features[variant.instruction], s, device,
+                       torch.Generator(device).manual_seed(s.seed + 1))
     g = torch.Generator(device).manual_seed(s.seed + 2)
     history, smooth, t0, step = [], None, time.time(), 0
     for step in range(1, s.steps + 1):

@@ -41,14 +41,30 @@ class Backend(Protocol):
         """VAE decoder: latents (B, C, h, w) -> image (B, 3, H, W) in [0, 1]."""
 
 
-def refiner_feeds(hidden, masks, pooled, timestep) -> dict:
-    """Inputs of the refiner graph/engine, named as exported (one hidden/mask/pooled per LLM)."""
-    feeds = {"timestep": timestep}
-    for i, (h, m, p) in enumerate(zip(hidden, masks, pooled)):
-        feeds.update({f"hidden_{i}": h, f"attention_mask_{i}": m, f"pooled_{i}": p})
-    return feeds
 
+class GraphStages:
+    """The four stages for backends that run one named graph/engine per stage through
+    `run(name, feeds) -> outputs` (reused buffers) and keep the manifest's `encoders`."""
 
-def dit_feeds(latents, timestep, context, context_mask, pooled) -> dict:
-    return {"latents": latents, "timestep": timestep, "context": context, "context_mask": context_mask,
-            "pooled": pooled}
+    encoders: list
+
+    def run(self, name: str, feeds: dict) -> list: ...
+
+    def encode_prompt(self, index, input_ids, attention_mask):
+        feeds = self.encoders[index].encoder_inputs(input_ids, attention_mask)
+        hidden, pooled = self.run(f"encoder_{index}", feeds)
+        return hidden.copy(), pooled.copy()  # reused across every step: take them out of the shared buffers
+
+    def refine_tokens(self, hidden, masks, pooled, timestep):
+        feeds = {"timestep": timestep}
+        for i, (h, m, p) in enumerate(zip(hidden, masks, pooled)):
+            feeds.update({f"hidden_{i}": h, f"attention_mask_{i}": m, f"pooled_{i}": p})
+        context, mask = self.run("refiner", feeds)
+        return context, mask
+
+    def denoise(self, latents, timestep, context, context_mask, pooled):
+        return self.run("dit", {"latents": latents, "timestep": timestep, "context": context,
+                                "context_mask": context_mask, "pooled": pooled})[0]
+
+    def decode_latents(self, latents):
+        return self.run("vae_decoder", {"latents": latents})[0].copy()

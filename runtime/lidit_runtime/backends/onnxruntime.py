@@ -8,13 +8,13 @@ import numpy as np
 
 from ..errors import ArtifactError
 from ..manifest import Manifest
-from .base import dit_feeds, refiner_feeds
+from .base import GraphStages
 
 _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
            "all": "ORT_ENABLE_ALL"}
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(GraphStages):
     name = "onnxruntime"
 
     def __init__(self, build_dir: str | Path, manifest: Manifest, providers: Sequence[str] | None = None,
@@ -71,18 +71,3 @@ class OnnxRuntimeBackend:
 
     def synchronize(self) -> None:
         pass
-
-    def encode_prompt(self, index, input_ids, attention_mask):
-        feeds = self.encoders[index].encoder_inputs(input_ids, attention_mask)
-        hidden, pooled = self.run(f"encoder_{index}", feeds)
-        return hidden.copy(), pooled.copy()  # reused across every step: take them out of the shared buffers
-
-    def refine_tokens(self, hidden, masks, pooled, timestep):
-        context, mask = self.run("refiner", refiner_feeds(hidden, masks, pooled, timestep))
-        return context, mask
-
-    def denoise(self, latents, timestep, context, context_mask, pooled):
-        return self.run("dit", dit_feeds(latents, timestep, context, context_mask, pooled))[0]
-
-    def decode_latents(self, latents):
-        return self.run("vae_decoder", {"latents": latents})[0].copy()

@@ -20,13 +20,13 @@ import numpy as np
 
 from ..errors import ArtifactError
 from ..manifest import Manifest, check_engines
-from .base import dit_feeds, refiner_feeds
+from .base import GraphStages
 
 MODULES = {"trt": "tensorrt", "trt-rtx": "tensorrt_rtx"}
 _NP = {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64, "INT32": np.int32, "BOOL": np.bool_}
 
 
-class TensorRTBackend:
+class TensorRTBackend(GraphStages):
     name = "tensorrt"
 
     def __init__(self, build_dir: str | Path, manifest: Manifest, profile: bool = False):
@@ -70,10 +70,10 @@ class TensorRTBackend:
         cp, trt = self.cp, self.trt
         engine, ctx = self.engines[name], self.contexts[name]
         key = (name, *(tuple(v.shape) for v in feeds.values()))
+        bound = {}  # converted inputs stay referenced until the engine is queued (caller's dict untouched)
         for k, v in feeds.items():
             want = _NP[engine.get_tensor_dtype(k).name]
-            v = v if v.dtype == want and v.flags.c_contiguous else cp.ascontiguousarray(v, dtype=want)
-            feeds[k] = v
+            v = bound[k] = v if v.dtype == want and v.flags.c_contiguous else cp.ascontiguousarray(v, dtype=want)
             ctx.set_input_shape(k, tuple(v.shape))
             ctx.set_tensor_address(k, v.data.ptr)
         outputs = self._outputs.get(key)
@@ -109,18 +109,3 @@ class TensorRTBackend:
     def synchronize(self) -> None:
         if self.profile:  # honest per-stage host timings; otherwise the loop never waits for the GPU
             self.stream.synchronize()
-
-    def encode_prompt(self, index, input_ids, attention_mask):
-        feeds = self.encoders[index].encoder_inputs(input_ids, attention_mask)
-        hidden, pooled = self.run(f"encoder_{index}", dict(feeds))
-        return hidden.copy(), pooled.copy()  # kept for every step: out of the shared buffers
-
-    def refine_tokens(self, hidden, masks, pooled, timestep):
-        context, mask = self.run("refiner", refiner_feeds(hidden, masks, pooled, timestep))
-        return context, mask
-
-    def denoise(self, latents, timestep, context, context_mask, pooled):
-        return self.run("dit", dit_feeds(latents, timestep, context, context_mask, pooled))[0]
-
-    def decode_latents(self, latents):
-        return self.run("vae_decoder", {"latents": latents})[0].copy()
