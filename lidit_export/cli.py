@@ -85,7 +85,8 @@ def _cmd_build(args) -> None:
         compute_capability=args.compute_capability, profiles=_parse_profiles(args.profile), refit=args.refit,
         strip_weights=args.strip_weights).validate()
     options = BuildOptions(precision=args.precision, prompts_file=args.prompts, num_prompts=args.num, steps=args.steps,
-                           seed=args.seed, smoothquant_alpha=args.alpha, prefix_cache=not args.no_prefix_cache,
+                           seed=args.seed, smoothquant_alpha=args.alpha, exclude=args.exclude or [],
+                           prefix_cache=not args.no_prefix_cache,
                            profile=ShapeProfile(max_batch=args.max_batch, max_image=args.max_image), engines=engines)
     manifest = build_pipeline(args.model, args.out, options)
     parts = ", ".join(f"{n} {r.precision}" for n, r in manifest.components.items())
@@ -118,7 +119,7 @@ def _cmd_calibrate(args) -> None:
 
     pipe = LiDiTPipeline.from_pretrained(args.model)
     sched = pipe.config.scheduler
-    prompts = load_prompts(args.prompts, split="calibration")[: args.num]
+    prompts = load_prompts(args.prompts, split="calibration", model_dir=args.model)[: args.num]
     settings = CalibrationSettings(prompts, steps=args.steps or sched.default_steps, cfg=sched.default_cfg,
                                    seed=args.seed, height=pipe.config.default_height, width=pipe.config.default_width)
     result = calibrate(pipe, args.model, QuantRecipe(args.precision, smoothquant_alpha=args.alpha), settings,
@@ -262,11 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="append", help="engine profile override COMPONENT.DIM=MIN,OPT,MAX (repeatable)")
     p.add_argument("--refit", action="store_true", help="refittable engines")
     p.add_argument("--strip-weights", action="store_true", help="weightless engines (with --refit)")
-    p.add_argument("--prompts", default=None, help="calibration prompts (.jsonl or one per line); default: shipped set")
+    p.add_argument("--prompts", default=None, help="calibration prompts (.jsonl or one per line); default: the "
+                   "model folder's prompts.jsonl, else the shipped set")
     p.add_argument("--num", type=int, default=None, help="calibration prompts (default 128 for fp8, 64 for int8)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps while calibrating (default: production)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant alpha (int8)")
+    p.add_argument("--exclude", action="append", help="also keep these layers in high precision: fnmatch pattern "
+                   "on refiner/DiT layer names, e.g. 'blocks.0.mlp.*' (repeatable; see the report's sensitivity table)")
     p.add_argument("--max-batch", type=int, default=4)
     p.add_argument("--max-image", type=int, default=None)
     p.add_argument("--no-prefix-cache", action="store_true")

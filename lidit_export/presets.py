@@ -5,6 +5,7 @@ component is an identity or returns zeros; training code keeps the zero-init of 
 """
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -145,11 +146,24 @@ def preset_config(name: str) -> Preset:
     return PRESETS[name]
 
 
+def write_toy_prompts(path: Path, calibration: int = 512, evaluation: int = 64, seed: int = 7) -> None:
+    """The miniature's own prompt set: calibration captions from its training world, evaluation captions
+    from the held-out ones (never trained on); a folder's prompts.jsonl is what build calibrates on."""
+    from .toy.scenes import sample_scenes
+
+    rows = [{"text": sc.caption, "category": "toy", "split": "calibration"}
+            for sc in sample_scenes(calibration, seed, "train")]
+    rows += [{"text": sc.caption, "category": "toy-held-out", "split": "evaluation"}
+             for sc in sample_scenes(evaluation, seed, "heldout")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def create_trained(name: str, out: str | Path, overwrite: bool = False) -> Path:
     """The trained miniature (issue 4): shipped float16 weights, written as float32 beside SmolLM2."""
     from safetensors.torch import load_file, save_file
 
     from .model.pipeline import INDEX, WEIGHTS
+    from .quant.prompts import MODEL_PROMPTS
     from .smollm2 import smollm2_folder
 
     src = Path(__file__).parent / TRAINED[name]
@@ -160,6 +174,7 @@ def create_trained(name: str, out: str | Path, overwrite: bool = False) -> Path:
             save_file({k: v.float().contiguous() for k, v in load_file(str(src / rel)).items()}, str(tmp / rel))
         shutil.copy(src / "vae" / "config.json", tmp / "vae" / "config.json")
         shutil.copy(src / INDEX, tmp / INDEX)
+        write_toy_prompts(tmp / MODEL_PROMPTS)
         config = PipelineConfig.from_json_file(tmp / INDEX)
         prefix = [len(t.prefix_ids) for t in load_prompt_tokenizers(tmp, config)]
         if prefix != config.refiner.prefix_lengths:

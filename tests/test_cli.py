@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from lidit_export.cli import main
@@ -73,7 +74,9 @@ def test_build_int8_runs_calibration_then_export_and_reuses_both(tiny_folder, tm
     assert report["stages"]["calibrate"]["reused"] is True
 
 
-def test_build_refuses_bf16_for_now_with_a_one_line_error(tiny_folder, tmp_path, capsys):
-    assert main(["build", "--model", str(tiny_folder), "--out", str(tmp_path / "b"), "--precision", "bf16"]) == 2
+def test_build_refuses_bf16_engines_for_a_pre_ampere_gpu_with_a_one_line_error(tiny_folder, tmp_path, capsys):
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX not installed: pip install tensorrt-rtx")
+    assert main(["build", "--model", str(tiny_folder), "--out", str(tmp_path / "b"), "--precision", "bf16",
+                 "--target", "trt-rtx", "--compute-capability", "7.5"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "use fp16" in err
+    assert "\n" not in err and "compute capability 8.0 or newer" in err and "use --precision fp16" in err

@@ -59,8 +59,8 @@ def test_bad_recipes_are_refused():
         QuantRecipe("fp4").validate()
     with pytest.raises(ConfigError, match="smoothquant_alpha"):
         QuantRecipe("int8", smoothquant_alpha=1.5).validate()
-    with pytest.raises(ConfigError, match="use fp16"):
-        BuildOptions(precision="bf16").validate()
+    with pytest.raises(ConfigError, match="unknown; use one of fp32, fp16, bf16"):
+        BuildOptions(precision="fp4").validate()
 
 
 @pytest.mark.parametrize("precision", ["fp8", "int8"])

@@ -135,3 +135,16 @@ def test_trained_miniature_follows_prompts(mini_folder):
     assert summary["color"]["accuracy"] > 2 * chance["color"]["accuracy"]
     assert summary["all"]["accuracy"] > chance["all"]["accuracy"] + 0.08
     assert {o.shape for s in scenes for o in s.objects} <= set(SHAPES)
+
+
+@needs_smollm2
+def test_miniature_carries_its_own_prompt_sets(mini_folder):
+    """build calibrates the miniature on captions of its own world; quality reports use held-out ones."""
+    from lidit_export.quant.prompts import default_prompts, load_prompts
+
+    assert default_prompts(mini_folder) == mini_folder / "prompts.jsonl"
+    calibration = load_prompts(split="calibration", model_dir=mini_folder)
+    evaluation = load_prompts(split="evaluation", model_dir=mini_folder)
+    assert (len(calibration), len(evaluation)) == (512, 64)
+    assert not any(is_held_out(c) for c in calibration) and all(is_held_out(c) for c in evaluation)
+    assert len(set(calibration)) > 400

@@ -19,8 +19,7 @@ from ..quant.calibrate import CalibrationSettings, QuantizedComponent, calibrate
 from ..quant.prompts import load_prompts
 from ..quant.recipes import QuantRecipe
 
-PRECISIONS = ("fp32", "fp16", "fp8", "int8", "int8-wo")  # int8-wo: INT8 weights only (TensorRT for RTX)
-LATER = {"bf16": "BF16"}
+PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8", "int8-wo")  # int8-wo: INT8 weights only (TensorRT for RTX)
 # Calibration prompt counts of the best toolchains [toolchain practice 1].
 DEFAULT_CALIBRATION_PROMPTS = {"fp8": 128, "int8": 64, "int8-wo": 64}
 
@@ -33,14 +32,12 @@ class BuildOptions:
     steps: int | None = None  # default: the model's production steps
     seed: int = 0
     smoothquant_alpha: float = 0.5
+    exclude: list[str] = field(default_factory=list)  # fnmatch patterns kept in high precision (recipe.extra_exclude)
     prefix_cache: bool = True
     profile: ShapeProfile = field(default_factory=ShapeProfile)
     engines: EngineOptions | None = field(default_factory=EngineOptions)  # None: stop after the ONNX stages
 
     def validate(self) -> "BuildOptions":
-        if self.precision in LATER:
-            raise ConfigError(f"--precision {self.precision}: {LATER[self.precision]} graphs are not built yet (ONNX "
-                              "Runtime's CPU kernels lack BF16 convolutions, so they cannot be checked here); use fp16")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision {self.precision} is unknown; use one of {', '.join(PRECISIONS)}")
         return self
@@ -55,8 +52,9 @@ def build_pipeline(model_dir: str | Path, build_dir: str | Path, options: BuildO
     report: dict = {"precision": precision, "model": str(model_dir), "stages": {}}
     quantized: dict[str, QuantizedComponent] = {}
     if precision in ("fp8", "int8", "int8-wo"):
-        recipe = QuantRecipe(precision[:4], smoothquant_alpha=options.smoothquant_alpha).validate()
-        prompts = load_prompts(options.prompts_file, split="calibration")
+        recipe = QuantRecipe(precision[:4], smoothquant_alpha=options.smoothquant_alpha,
+                             extra_exclude=list(options.exclude)).validate()
+        prompts = load_prompts(options.prompts_file, split="calibration", model_dir=model_dir)
         count = options.num_prompts or DEFAULT_CALIBRATION_PROMPTS[precision]
         settings = CalibrationSettings(prompts=prompts[:count], steps=options.steps or pipe.config.scheduler.default_steps,
                                        cfg=pipe.config.scheduler.default_cfg, seed=options.seed,

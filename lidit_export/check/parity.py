@@ -27,16 +27,26 @@ from .metrics import psnr, ssim, tensor_errors
 #         and random inputs; 5.4e-2 without FP8 attention), per-step latent cosine >= 0.9962, held-out
 #         images >= 39.7 dB, SSIM 0.998
 #   int8: components <= 1.0e-2 rel L2, per-step latent cosine >= 0.99986, held-out images >= 52.2 dB, SSIM 0.9998
-# Margins: ~1.6x (fp8) and 5x (int8) on component errors, ~10 dB on PSNR, for prompts, seeds and models we
-# have not measured; a build that misses them has drifted past what its recipe gives. They were set on
-# random weights: revisit them on the trained miniature model.
+# Revisited on the trained miniature `mini` (benchmarks/results/miniature_quantization.json, parity ladder):
+#   fp8:  components 3.3e-2, latent cosine 0.9928, parity image 29.6 dB / SSIM 0.963; 100 held-out captions
+#         35.0 dB mean, 20.6 dB min, yet 94.5% of the scorer's attribute verdicts agree with FP32's
+#   int8: components 1.4e-2, latent cosine 0.9939, parity image 31.7 dB / SSIM 0.961; held-out 43.2 dB mean,
+#         27.7 min, 97.2% agreement
+# A trained model's trajectories amplify small errors near its decisions (random weights do not), so the
+# step and image gates are set from the miniature: latent cosine 0.98, image 25 dB, SSIM 0.90 - a broken
+# graph gives < 15 dB. Component gates keep their margins (~1.6x fp8, 5x int8 over the worst seen).
 THRESHOLDS = {
     "fp32": {"component_rel_l2": 1e-4, "step_cosine": 0.9999, "image_psnr_db": 40.0, "image_ssim": 0.99},
-    "fp8": {"component_rel_l2": 0.25, "step_cosine": 0.99, "image_psnr_db": 30.0, "image_ssim": 0.97},
-    "int8": {"component_rel_l2": 0.05, "step_cosine": 0.999, "image_psnr_db": 40.0, "image_ssim": 0.99},
-    # fp16: refiner + DiT in FP16, timestep sinusoids kept FP32; measured 1.4e-2 on the random tiny refiner
-    # (large random activations), image 64.5 dB. int8-wo: INT8 weights only (TensorRT for RTX).
-    "fp16": {"component_rel_l2": 3e-2, "step_cosine": 0.9999, "image_psnr_db": 40.0, "image_ssim": 0.99},
+    "fp8": {"component_rel_l2": 0.25, "step_cosine": 0.98, "image_psnr_db": 25.0, "image_ssim": 0.9},
+    "int8": {"component_rel_l2": 0.05, "step_cosine": 0.98, "image_psnr_db": 25.0, "image_ssim": 0.9},
+    # fp16 / bf16: refiner + DiT in half, timestep sinusoids and ops ONNX has no BF16 type for kept FP32.
+    # Measured (tiny random / trained mini): fp16 components 4.3e-4 / 3.1e-4, images 64.5 / 64.8 dB;
+    # bf16 components 6.8e-3 / 7.7e-3 (PyTorch's own BF16 refiner: 6.9e-3), tiny image 54.3 dB, but the
+    # trained mini's 20-step trajectories drift in BF16: 33.2 dB at the parity prompt, 27-53 dB over
+    # held-out captions - the spread of PyTorch's BF16 autocast on the same captions (27-48 dB).
+    "fp16": {"component_rel_l2": 1e-2, "step_cosine": 0.9999, "image_psnr_db": 40.0, "image_ssim": 0.99},
+    "bf16": {"component_rel_l2": 5e-2, "step_cosine": 0.99, "image_psnr_db": 25.0, "image_ssim": 0.9},
+    # int8-wo on the miniature: components 3.6e-3, cosine 0.99988, parity image 45.4 dB, held-out 51.8 dB mean
     "int8-wo": {"component_rel_l2": 0.05, "step_cosine": 0.999, "image_psnr_db": 40.0, "image_ssim": 0.99},
 }
 PIXEL_STD_FLOOR = 2.0  # a flat image means a dead pipeline, whatever it matches

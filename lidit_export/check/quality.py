@@ -50,12 +50,12 @@ def quality_report(model_dir: str | Path, build_dir: str | Path, num_eval: int =
         s["worst_rel_l2"] = max(s["worst_rel_l2"], row["rel_l2"])
         s["min_cosine"] = min(s["min_cosine"], row["cosine"])
     progress(f"  held-out images: {num_eval} evaluation prompts x {steps} steps ...")
-    prompts = load_prompts(split="evaluation")[:num_eval]
+    prompts = load_prompts(split="evaluation", model_dir=model_dir)[:num_eval]
     images, pairs = evaluate_images(pipe, runtime, prompts, steps, seed)
     sensitivity = []
     if precision in ("fp8", "int8"):
         progress("  DiT per-layer sensitivity ...")
-        inputs = record_dit_inputs(pipe, load_prompts(split="calibration")[:sensitivity_prompts], steps,
+        inputs = record_dit_inputs(pipe, load_prompts(split="calibration", model_dir=model_dir)[:sensitivity_prompts], steps,
                                    every=max(1, steps // 5))
         sensitivity = dit_sensitivity(pipe, precision, inputs)
     psnrs = [r["psnr_db"] for r in images]

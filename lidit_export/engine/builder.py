@@ -111,6 +111,9 @@ def check_precision(precision: str, target: Target, cc: str) -> None:
     if precision == "fp8" and (major, minor) < FP8_MIN_CC:
         raise EngineRefused(f"FP8 needs a GPU of compute capability 8.9 or newer (Ada, Hopper, Blackwell); the target is "
                           f"{cc}: use --precision int8 (or fp16/fp32) for this GPU")
+    if precision == "bf16" and major < 8:
+        raise EngineRefused(f"BF16 needs a GPU of compute capability 8.0 or newer (Ampere and later); the target is "
+                            f"{cc}: use --precision fp16 for this GPU")
     if precision == "int8" and target.name == "trt-rtx":
         raise EngineRefused("TensorRT for RTX runs INT8 only as weight-only quantization, not SmoothQuant's INT8 "
                           "activations: use --precision int8-wo (INT8 weights, FP16/FP32 activations) or fp8")

@@ -34,7 +34,7 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-HALF_COMPONENTS = ("refiner", "dit")  # what --precision fp16 converts (encoders and VAE stay FP32)
+HALF_COMPONENTS = ("refiner", "dit")  # what --precision fp16 / bf16 converts (encoders and VAE stay FP32)
 
 
 def _source_files(model_dir: Path, pipe: LiDiTPipeline, name: str) -> list[Path]:
@@ -96,12 +96,12 @@ def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapePro
     records = {}
     for name, spec in specs.items():
         key = input_key(model_dir, pipe, name, spec, prefix_cache)
-        half = precision == "fp16" and name in HALF_COMPONENTS
+        half = precision in ("fp16", "bf16") and name in HALF_COMPONENTS
         graph_precision = precision if name in quantized or half else "fp32"
         if name in quantized:  # the calibration key covers the recipe, settings and weights
             key = hashlib.sha256(f"{key}:{precision}:{quantized[name].key}".encode()).hexdigest()
         elif half:
-            key = hashlib.sha256(f"{key}:fp16".encode()).hexdigest()
+            key = hashlib.sha256(f"{key}:{precision}".encode()).hexdigest()
         file = f"onnx/{name}.onnx"
         old = previous.get(name)
         if old and old.input_key == key and (build_dir / file).exists() and file_sha256(build_dir / file) == old.sha256:

@@ -158,16 +158,115 @@ def strip_activation_qdq(model: onnx.ModelProto) -> int:
     return len(rename)
 
 
-def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """An FP16 graph with FP32 inputs/outputs (ONNX Runtime's converter). The timestep embedders stay FP32:
-    sin/cos of t * freq with t up to 1000 lose all precision in FP16 (its ulp at 1000 is 0.5)."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+def ops_without_bf16(model: onnx.ModelProto) -> list[str]:
+    """Ops of `model` that ONNX does not type in BF16 at the model's opset (at 19: Conv, InstanceNormalization,
+    Sin, Cos, Range; most gain it in opset 22): BF16 graphs keep them in FP32."""
+    from onnx import defs
 
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    missing = []
+    for op in sorted({n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")}):
+        types = {t for c in defs.get_schema(op, opset, "").type_constraints for t in c.allowed_type_strs}
+        if "tensor(float)" in types and "tensor(bfloat16)" not in types:
+            missing.append(op)
+    return missing
+
+
+def convert_to_half(model: onnx.ModelProto, dtype: str = "fp16") -> onnx.ModelProto:
+    """An FP16 or BF16 graph with FP32 inputs/outputs (ONNX Runtime's converter). The timestep embedders
+    stay FP32: sin/cos of t * freq with t up to 1000 lose all precision in half types (FP16's ulp at 1000
+    is 0.5, BF16's is 4). BF16 is the FP16 conversion retyped, each weight rounded once from FP32 (not via
+    FP16, whose range would clip it); ops that ONNX does not type in BF16 (ops_without_bf16) stay FP32."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    if dtype not in ("fp16", "bf16"):
+        raise ValueError(f"half type {dtype!r}: use fp16 or bf16")
     keep = [n.name for n in model.graph.node  # the sinusoid, up to the cast into the embedder MLP
             if "t_embedder/" in n.name and "/mlp" not in n.name and not n.name.endswith("Cast_1")]
-    model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True, node_block_list=keep)
+    ops = list(DEFAULT_OP_BLOCK_LIST) + (ops_without_bf16(model) if dtype == "bf16" else [])
+    originals = {}
+    if dtype == "bf16":
+        from onnx import numpy_helper
+
+        originals = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+                     if t.data_type == TensorProto.FLOAT}
+        originals.update({n.output[0]: numpy_helper.to_array(a.t) for n in model.graph.node if n.op_type == "Constant"
+                          for a in n.attribute if a.name == "value" and a.t.data_type == TensorProto.FLOAT})
+    # The converter needs tensor types to put casts in front of the ops it keeps in FP32 (BF16 keeps Conv).
+    infer_types_(model)
+    model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True, node_block_list=keep,
+                                     op_block_list=ops)
+    skip_half_round_trips(model.graph)
+    if dtype == "bf16":
+        _retype_fp16_as_bf16(model, originals)
     topological_sort_(model.graph)  # the converter appends its input casts at the end
     return model
+
+
+def infer_types_(model: onnx.ModelProto) -> None:
+    """Fill graph.value_info by shape inference on a weightless copy (weights become typed inputs), which
+    works on graphs past protobuf's 2 GB limit, unlike onnx.shape_inference.infer_shapes on the model."""
+    g = model.graph
+    weights = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.initializer]
+    skeleton = helper.make_model(helper.make_graph(list(g.node), g.name, list(g.input) + weights, list(g.output)),
+                                 opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    inferred = onnx.shape_inference.infer_shapes(skeleton)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+
+
+def skip_half_round_trips(graph) -> int:
+    """The converter wraps every node it keeps in FP32 in casts (half -> FP32 in, FP32 -> half out), so
+    FP32 values flowing between kept nodes - the timestep input into its sinusoid, say - are rounded to
+    half on the way. A Cast to FLOAT whose input is a Cast to half reads the half cast's input instead
+    (dropping a rounding nobody asked for); casts left unused are removed. Returns the casts rewired."""
+    producers = {o: n for n in graph.node for o in n.output}
+
+    def cast_to(node, types) -> bool:
+        return node is not None and node.op_type == "Cast" and any(a.name == "to" and a.i in types for a in node.attribute)
+
+    rewired = 0
+    for node in graph.node:
+        src = producers.get(node.input[0]) if node.input else None
+        if cast_to(node, (TensorProto.FLOAT,)) and cast_to(src, (TensorProto.FLOAT16, TensorProto.BFLOAT16)):
+            node.input[0] = src.input[0]
+            rewired += 1
+    outputs = {o.name for o in graph.output}
+    while True:  # drop casts (and chains of them) that nothing reads any more
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if n.op_type == "Cast" and not any(o in used for o in n.output)]
+        if not dead:
+            return rewired
+        for n in dead:
+            graph.node.remove(n)
+
+
+def _retype_fp16_as_bf16(model: onnx.ModelProto, originals: dict) -> None:
+    import ml_dtypes
+    import numpy as np
+    from onnx import numpy_helper
+
+    def bf16_tensor(t: onnx.TensorProto, key: str) -> onnx.TensorProto:
+        values = originals.get(key)
+        if values is None:
+            values = numpy_helper.to_array(t).astype(np.float32)
+        bits = np.asarray(values, np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
+        out = helper.make_tensor(t.name, TensorProto.BFLOAT16, list(values.shape), bits.tobytes(), raw=True)
+        return out
+
+    graph = model.graph
+    for i, t in enumerate(graph.initializer):
+        if t.data_type == TensorProto.FLOAT16:
+            graph.initializer[i].CopyFrom(bf16_tensor(t, t.name))
+    for node in graph.node:
+        for a in node.attribute:
+            if a.name == "to" and node.op_type == "Cast" and a.i == TensorProto.FLOAT16:
+                a.i = TensorProto.BFLOAT16
+            elif a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT16:
+                a.t.CopyFrom(bf16_tensor(a.t, node.output[0] if node.op_type == "Constant" else ""))
+    for info in list(graph.value_info) + list(graph.input) + list(graph.output):
+        if info.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            info.type.tensor_type.elem_type = TensorProto.BFLOAT16
 
 
 def topological_sort_(graph) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 
 from lidit_runtime.manifest import file_sha256
 from ..errors import ArtifactError
-from .graph_passes import convert_to_fp16, fold_weight_quantization, standardize_fp8_qdq, strip_activation_qdq
+from .graph_passes import convert_to_half, fold_weight_quantization, standardize_fp8_qdq, strip_activation_qdq
 from .graph_spec import GraphSpec, refiner_input_names
 
 OPSET = 19
@@ -94,8 +94,8 @@ def component_inputs(pipe, batch: int, text_lengths: list[int] | None, latent_hw
 def export_graph(module: nn.Module, spec: GraphSpec, sample: dict[str, np.ndarray], out_file: Path,
                  external_data_threshold: int = EXTERNAL_DATA_THRESHOLD, precision: str = "fp32") -> str:
     """Trace `module` on `sample`, check it, and move it to `out_file` atomically. Returns its sha256.
-    Weights above `external_data_threshold` bytes go to `<file>.data` beside the graph. precision "fp16"
-    converts the traced FP32 graph; "int8-wo" keeps only the weight quantization of an INT8 graph."""
+    Weights above `external_data_threshold` bytes go to `<file>.data` beside the graph. precision "fp16" /
+    "bf16" converts the traced FP32 graph; "int8-wo" keeps only the weight quantization of an INT8 graph."""
     import onnx
 
     out_file = Path(out_file)
@@ -114,8 +114,8 @@ def export_graph(module: nn.Module, spec: GraphSpec, sample: dict[str, np.ndarra
         fold_weight_quantization(model)  # quantized weights stored as INT8 / FP8: ~4x smaller files
         if precision == "int8-wo":
             strip_activation_qdq(model)
-        elif precision == "fp16":
-            model = convert_to_fp16(model)
+        elif precision in ("fp16", "bf16"):
+            model = convert_to_half(model, precision)
         size = sum(t.ByteSize() for t in model.graph.initializer)
         staged = Path(tmp) / out_file.name
         external = size > external_data_threshold

@@ -24,21 +24,38 @@ class OnnxRuntimeBackend(GraphStages):
         self._ort = ort
         self.providers = list(providers or ["CPUExecutionProvider"])
         self.sessions = {}
+        self.emulated_bf16: list[str] = []  # BF16 graphs this provider has no kernels for (see bf16_emulation)
         for name, record in manifest.components.items():
             options = ort.SessionOptions()
             level = optimization or record.ort_optimization
             options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
             if threads:
                 options.intra_op_num_threads = threads
+            file = Path(build_dir) / record.file
             try:
-                self.sessions[name] = ort.InferenceSession(str(Path(build_dir) / record.file), options,
-                                                           providers=self.providers)
+                self.sessions[name] = ort.InferenceSession(str(file), options, providers=self.providers)
             except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-                raise ArtifactError(f"ONNX Runtime cannot load {record.file}: {str(e).splitlines()[0]}; "
-                                    "re-run `lidit-export export`") from None
+                if record.precision != "bf16" or "NOT_IMPLEMENTED" not in str(e):
+                    raise ArtifactError(f"ONNX Runtime cannot load {record.file}: {str(e).splitlines()[0]}; "
+                                        "re-run `lidit-export export`") from None
+                self.sessions[name] = self._emulated_bf16_session(file, options)
+                self.emulated_bf16.append(name)
         self.output_names = {n: [o.name for o in s.get_outputs()] for n, s in self.sessions.items()}
         self.encoders = manifest.encoders
         self._buffers: dict[tuple, list[np.ndarray]] = {}
+
+    def _emulated_bf16_session(self, file: Path, options):
+        import tempfile
+
+        import onnx
+
+        from .bf16_emulation import emulate_bf16
+
+        model = emulate_bf16(onnx.load(str(file)))
+        with tempfile.TemporaryDirectory(prefix="lidit-bf16-") as tmp:  # FP32 weights can pass protobuf's 2 GB
+            path = Path(tmp) / file.name
+            onnx.save_model(model, str(path), save_as_external_data=True, location=file.name + ".data")
+            return self._ort.InferenceSession(str(path), options, providers=self.providers)
 
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run graph `name`. Outputs are written into buffers kept per (graph, input shapes), so a
