@@ -5,12 +5,15 @@ import importlib.util
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from lidit_export.build.build_pipeline import BuildOptions, build_pipeline
 from lidit_export.engine.builder import EngineOptions, EngineRefused, EngineUnavailable
 from lidit_runtime.errors import ArtifactError
 from lidit_runtime.manifest import check_engines, load_manifest
+
+from conftest import needs_smollm2
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
                                 reason="TensorRT for RTX not installed: pip install tensorrt-rtx")
@@ -62,7 +65,7 @@ def test_second_build_is_a_no_op_and_a_dit_profile_rebuilds_only_the_dit(fp32_bu
     assert changed == {"dit"}
 
 
-@pytest.mark.parametrize("precision", ["fp16", "fp8", "int8-wo"])
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "fp8", "int8-wo"])
 def test_quantized_and_half_graphs_build(tiny_folder, tmp_path, precision):
     manifest, _ = build(tiny_folder, tmp_path / precision, precision, target="trt-rtx")
     assert set(manifest.engines) == COMPONENTS
@@ -142,9 +145,37 @@ def test_tensorrt_backend_matches_onnxruntime(tiny_folder, tmp_path):
     from lidit_runtime.pipeline import Pipeline
 
     build(tiny_folder, tmp_path / "gpu", target="trt")
-    images = {}
-    for backend in ("onnxruntime", "tensorrt"):
-        images[backend] = Pipeline.load(tmp_path / "gpu", backend=backend).generate(
-            "a red circle", steps=4, seed=1).images[0].astype(float)
-    mse = ((images["onnxruntime"] - images["tensorrt"]) ** 2).mean()
-    assert mse < 255 ** 2 * 1e-4  # PSNR > 40 dB
+    reference = Pipeline.load(tmp_path / "gpu").generate("a red circle", steps=4, seed=1).images[0].astype(float)
+    trt = Pipeline.load(tmp_path / "gpu", backend="tensorrt")
+    # first call eager (warm-up), second captures the loop as a CUDA graph and replays it, third replays
+    runs = [trt.generate("a red circle", steps=4, seed=1) for _ in range(3)]
+    assert len(trt.backend._graphs) == 1
+    assert np.array_equal(runs[0].latents, runs[1].latents) and np.array_equal(runs[1].latents, runs[2].latents)
+    other = trt.generate("a red circle", steps=4, seed=2)  # same shapes, new noise: the graph replays it
+    assert len(trt.backend._graphs) == 1 and not np.array_equal(other.latents, runs[2].latents)
+    other_reference = Pipeline.load(tmp_path / "gpu").generate("a red circle", steps=4, seed=2).images[0]
+    for ours, ref in ((runs[2].images[0], reference), (other.images[0], other_reference)):
+        mse = ((ref.astype(float) - ours.astype(float)) ** 2).mean()
+        assert mse < 255 ** 2 * 1e-4  # PSNR > 40 dB
+
+
+@needs_smollm2
+def test_smol_engines_for_every_precision_rebuild_only_what_changed(smol_folder, tmp_path):
+    """smol (SmolLM2 + a second LLM): TensorRT for RTX engines from the FP32, FP16, BF16, FP8 and INT8
+    weight-only graphs, built one after another into one folder: the encoders and the VAE stay FP32 in
+    every precision, so after the first build only the refiner and the DiT are rebuilt."""
+    out = tmp_path / "smol"
+    manifest, logs = build(smol_folder, out, target="trt-rtx")
+    assert set(manifest.engines) == COMPONENTS and all((out / r.file).stat().st_size > 0
+                                                        for r in manifest.engines.values())
+    fixed = {n: (out / manifest.engines[n].file).stat().st_mtime_ns for n in ("encoder_0", "encoder_1", "vae_decoder")}
+    for precision in ("fp16", "bf16", "fp8", "int8-wo"):
+        manifest, logs = build(smol_folder, out, precision, target="trt-rtx")
+        assert sorted(line.split()[0] for line in logs if "building" in line) == ["dit", "refiner"], precision
+        assert set(manifest.engines) == COMPONENTS
+        assert {n: r.precision for n, r in manifest.engines.items() if n in ("refiner", "dit")} == {
+            "refiner": precision, "dit": precision}
+        assert {n: (out / manifest.engines[n].file).stat().st_mtime_ns for n in fixed} == fixed
+    report = json.loads((out / "build_report.json").read_text())
+    dit = report["components"]["dit"]
+    assert dit["precision"] == "int8-wo" and dit["engine_bytes"] > 0 and dit["quantized_layers"] > 0

@@ -119,32 +119,64 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
     backend.synchronize()
     timings["encode"] = clock() - t_start
 
-    sampler = Sampler(plan)
     x = backend.asarray(initial_noise(shape, request.seed))
-    trajectory = []
-    t_refine = t_dit = 0.0
     rows = 2 * batch if guided else batch
-    for i in range(plan.num_steps):
-        t0 = clock()
-        timestep = backend.asarray(np.full((rows,), plan.timesteps[i], dtype=np.float32))
-        context, context_mask = backend.refine_tokens(hidden, masks, pooled, timestep)
-        backend.synchronize()
-        t1 = clock()
+    timesteps = backend.asarray(np.repeat(plan.timesteps.astype(np.float32)[:, None], rows, axis=1))  # one upload
+    conditions = (hidden, masks, pooled, pooled_all, timesteps)
+
+    def step(sampler: Sampler, i: int, x, conditions, after_refiner=None):
+        """Refiner + DiT + CFG + sampler update for step i: the chain a CUDA graph captures."""
+        hidden, masks, pooled, pooled_all, timesteps = conditions
+        context, context_mask = backend.refine_tokens(hidden, masks, pooled, timesteps[i])
+        if after_refiner is not None:
+            after_refiner()
         x_in = backend.concat([x, x], axis=0) if guided else x
-        out = backend.denoise(x_in, timestep, context, context_mask, pooled_all)
+        out = backend.denoise(x_in, timesteps[i], context, context_mask, pooled_all)
         if guided:
             cond, uncond = out[:batch], out[batch:]
             out = uncond + (cond - uncond) * request.cfg
-        x = sampler.step(i, x, out)
+        return sampler.step(i, x, out)
+
+    def all_steps(x, conditions):
+        sampler = Sampler(plan)
+        for i in range(plan.num_steps):
+            x = step(sampler, i, x, conditions)
+        return x
+
+    trajectory = []
+    replay = getattr(backend, "run_steps", None)  # backends that capture the whole loop (TensorRT: a CUDA graph)
+    if replay is not None and not keep_trajectory:
+        t0 = clock()
+        key = (shape, tuple(tuple(a.shape) for a in (*hidden, *masks)), request.cfg, plan.timesteps.tobytes(),
+               plan.coefficients.tobytes())
+        x = replay(key, all_steps, x, conditions)
         backend.synchronize()
-        t_refine += t1 - t0
-        t_dit += clock() - t1
-        if keep_trajectory:
-            trajectory.append(backend.to_numpy(x).copy())
-        if on_step is not None:
-            on_step(i + 1, plan.num_steps)
-    timings["refine"] = t_refine
-    timings["denoise"] = t_dit
+        timings["refine"] = 0.0  # inside the replayed graph, counted in "denoise"
+        timings["denoise"] = clock() - t0
+        if on_step is not None:  # the graph reports no progress of its own
+            for i in range(plan.num_steps):
+                on_step(i + 1, plan.num_steps)
+    else:
+        sampler = Sampler(plan)
+        marks = []
+
+        def refined():
+            backend.synchronize()
+            marks.append(clock())
+
+        t_refine = t_dit = 0.0
+        for i in range(plan.num_steps):
+            t0 = clock()
+            x = step(sampler, i, x, conditions, refined)
+            backend.synchronize()
+            t_refine += marks[-1] - t0
+            t_dit += clock() - marks[-1]
+            if keep_trajectory:
+                trajectory.append(backend.to_numpy(x).copy())
+            if on_step is not None:
+                on_step(i + 1, plan.num_steps)
+        timings["refine"] = t_refine
+        timings["denoise"] = t_dit
 
     t0 = clock()
     image = backend.to_numpy(backend.decode_latents(x))

@@ -6,10 +6,14 @@
 - output tensors are allocated once per (engine, input shapes) and reused: a denoising loop at a fixed
   shape allocates nothing after its first step; set_tensor_address + execute_async_v3 on the stream;
 - arrays are CuPy arrays, so run_chain's CFG and sampler arithmetic stay on the GPU, and nothing
-  synchronizes with the host inside the loop unless `profile=True` (then each stage is timed by events).
+  synchronizes with the host inside the loop unless `profile=True` (then each stage is timed by events);
+- `run_steps`: the whole denoising loop (every step's refiner + DiT + CFG + sampler update, as run_chain
+  writes it) is captured once per static shape / plan as one CUDA graph and replayed; the first request
+  at a shape runs eagerly (TensorRT's shape setup, CuPy's kernel compilation), the second captures.
 
-Not yet here (issue 6): capturing the per-step chain as a CUDA graph. This module has only been
-checked for import and refusals on a machine without a GPU; its GPU path is unverified.
+This module has only been checked for import and refusals on a machine without a GPU (ours have none
+with TensorRT: the lent H100 has no TensorRT, and TensorRT for RTX does not run on Hopper); its GPU path,
+the CUDA graph included, is unverified.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ _NP = {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64, "INT32": np.i
 class TensorRTBackend(GraphStages):
     name = "tensorrt"
 
-    def __init__(self, build_dir: str | Path, manifest: Manifest, profile: bool = False):
+    def __init__(self, build_dir: str | Path, manifest: Manifest, profile: bool = False, cuda_graphs: bool = True):
         try:
             import cupy
         except ImportError:
@@ -64,6 +68,9 @@ class TensorRTBackend(GraphStages):
             ctx.set_device_memory(self._scratch.data.ptr, scratch)
         self.encoders = manifest.encoders
         self._outputs: dict[tuple, dict[str, object]] = {}
+        self.cuda_graphs = cuda_graphs and not profile  # per-stage events need the stages outside a graph
+        self._graphs: dict[tuple, _CapturedLoop] = {}
+        self._seen: set[tuple] = set()
 
     def run(self, name: str, feeds: dict) -> list:
         """Run engine `name` on device arrays; outputs live in buffers reused per input shapes."""
@@ -96,6 +103,18 @@ class TensorRTBackend(GraphStages):
             self.stage_ms[name] = self.stage_ms.get(name, 0.0) + cp.cuda.get_elapsed_time(start, end)
         return list(outputs.values())
 
+    def run_steps(self, key: tuple, loop, x, conditions):
+        """x after `loop(x, conditions)` (all denoising steps), replayed from a CUDA graph per `key`."""
+        if not self.cuda_graphs:
+            return loop(x, conditions)
+        captured = self._graphs.get(key)
+        if captured is None:
+            if key not in self._seen:  # first time at this shape: run eagerly (warm-up), capture next time
+                self._seen.add(key)
+                return loop(x, conditions)
+            captured = self._graphs[key] = _CapturedLoop.capture(self.cp, self.stream, loop, x, conditions)
+        return captured.replay(self.stream, x, conditions)
+
     # --- the Backend interface ---------------------------------------------------------------
     def asarray(self, host: np.ndarray):
         return self.cp.asarray(host)
@@ -109,3 +128,48 @@ class TensorRTBackend(GraphStages):
     def synchronize(self) -> None:
         if self.profile:  # honest per-stage host timings; otherwise the loop never waits for the GPU
             self.stream.synchronize()
+
+
+class _CapturedLoop:
+    """One CUDA graph of the denoising loop, with the static buffers it reads and writes.
+
+    The graph reads its inputs at fixed addresses: each replay copies the request's noise and conditions
+    into those buffers first (device-to-device, on the stream). Everything the loop allocates while it is
+    captured comes from a memory pool of its own, kept as long as the graph: freed blocks are reused only
+    within the captured sequence, in the order the graph replays it, never by later allocations.
+    """
+
+    def __init__(self, graph, pool, x, conditions, out):
+        self.graph, self.pool, self.x, self.conditions, self.out = graph, pool, x, conditions, out
+
+    @staticmethod
+    def _flat(conditions) -> list:
+        hidden, masks, pooled, pooled_all, timesteps = conditions
+        return [*hidden, *masks, *pooled, pooled_all, timesteps]
+
+    @staticmethod
+    def _unflat(flat: list, like) -> tuple:
+        n = len(like[0])
+        return flat[:n], flat[n:2 * n], flat[2 * n:3 * n], flat[3 * n], flat[3 * n + 1]
+
+    @classmethod
+    def capture(cls, cp, stream, loop, x, conditions) -> "_CapturedLoop":
+        pool = cp.cuda.MemoryPool()
+        with cp.cuda.using_allocator(pool.malloc):
+            static_x = x.copy()
+            static = [a.copy() for a in cls._flat(conditions)]
+            static_conditions = cls._unflat(static, conditions)
+            stream.synchronize()
+            stream.begin_capture()  # relaxed mode (CuPy's default): the pool may still cudaMalloc
+            try:
+                out = loop(static_x, static_conditions)
+            finally:
+                graph = stream.end_capture()
+        return cls(graph, pool, static_x, static, out)
+
+    def replay(self, stream, x, conditions):
+        self.x[...] = x
+        for dst, src in zip(self.conditions, self._flat(conditions)):
+            dst[...] = src
+        self.graph.launch(stream)
+        return self.out
