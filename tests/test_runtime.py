@@ -70,3 +70,13 @@ def test_unconditional_encoding_is_computed_once_and_changes_nothing(tiny_build)
 def test_runtime_refuses_bad_resolutions(tiny_build):
     with pytest.raises(ShapeError, match="multiples of 16"):
         Pipeline.load(tiny_build).generate("a cat", height=40, width=33)
+
+
+def test_compute_capability_of_a_cupy_device_keeps_two_digit_majors():
+    """CuPy reports "89" / "120"; engines record "8.9" / "12.0" (RTX 50-series is sm120)."""
+    from types import SimpleNamespace
+
+    from lidit_runtime.manifest import compute_capability
+
+    assert [compute_capability(SimpleNamespace(compute_capability=c)) for c in ("75", "89", "90", "120")] == [
+        "7.5", "8.9", "9.0", "12.0"]

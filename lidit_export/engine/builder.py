@@ -16,12 +16,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lidit_runtime.manifest import EngineRecord, Manifest, file_sha256
+from lidit_runtime.manifest import TENSORRT_MODULES, EngineRecord, Manifest, compute_capability, file_sha256
 
 from ..artifacts import atomic_write_bytes
 from ..errors import ArtifactError, ConfigError
 
-TARGETS = {"trt": "tensorrt", "trt-rtx": "tensorrt_rtx"}
+TARGETS = TENSORRT_MODULES  # the runtime loads engines through the same table
 FP8_MIN_CC = (8, 9)
 RTX_CC = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")  # what TensorRT for RTX 1.x can target
 
@@ -88,7 +88,7 @@ def gpu_compute_capability() -> str | None:
     try:
         import cupy
 
-        return ".".join(cupy.cuda.Device(0).compute_capability)  # "89" -> "8.9"
+        return compute_capability(cupy.cuda.Device(0))
     except Exception:
         return None
 

@@ -15,6 +15,13 @@ from .sampler import SchedulerConfig
 
 FORMAT = "lidit-build/1"
 MANIFEST = "manifest.json"
+TENSORRT_MODULES = {"trt": "tensorrt", "trt-rtx": "tensorrt_rtx"}  # engine target -> the package that runs it
+
+
+def compute_capability(cupy_device) -> str:
+    """"major.minor" of a CuPy device, whose compute_capability is digits only ("89" -> "8.9", "120" -> "12.0")."""
+    digits = str(cupy_device.compute_capability)
+    return f"{digits[:-1]}.{digits[-1]}"
 
 
 @dataclass

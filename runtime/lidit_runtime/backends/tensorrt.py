@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError
-from ..manifest import Manifest, check_engines
+from ..manifest import TENSORRT_MODULES, Manifest, check_engines, compute_capability
 from .base import GraphStages
 
-MODULES = {"trt": "tensorrt", "trt-rtx": "tensorrt_rtx"}
 _NP = {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64, "INT32": np.int32, "BOOL": np.bool_}
 
 
@@ -41,11 +40,11 @@ class TensorRTBackend(GraphStages):
                                 "(or cupy-cuda13x)") from None
         target = next(iter(manifest.engines.values())).target if manifest.engines else "trt"
         try:
-            trt = importlib.import_module(MODULES[target])
+            trt = importlib.import_module(TENSORRT_MODULES[target])
         except ImportError:
-            raise ArtifactError(f"the engines were built for {target}; install {MODULES[target]} to run them, or use "
-                                "--backend onnxruntime") from None
-        cc = ".".join(str(v) for v in cupy.cuda.Device().compute_capability)  # "89" -> "8.9"
+            raise ArtifactError(f"the engines were built for {target}; install {TENSORRT_MODULES[target]} to run "
+                                "them, or use --backend onnxruntime") from None
+        cc = compute_capability(cupy.cuda.Device())
         check_engines(manifest, build_dir, target, trt.__version__, cc)
         self.cp, self.trt = cupy, trt
         self.stream = cupy.cuda.Stream(non_blocking=True)
