@@ -80,3 +80,20 @@ def test_compute_capability_of_a_cupy_device_keeps_two_digit_majors():
 
     assert [compute_capability(SimpleNamespace(compute_capability=c)) for c in ("75", "89", "90", "120")] == [
         "7.5", "8.9", "9.0", "12.0"]
+
+
+def test_cuda_graph_buffers_follow_any_nesting_of_the_loop_conditions():
+    """The captured loop copies run_chain's conditions (lists per LLM, then arrays) into static buffers by
+    flattening them and rebuilding the same nesting: host-side logic, checked here without a GPU."""
+    from lidit_runtime.backends.tensorrt import leaves, refill
+
+    rng = np.random.default_rng(0)
+    conditions = ([rng.standard_normal((2, 5, 4)), rng.standard_normal((2, 3, 4))], [np.ones((2, 5)), np.ones((2, 3))],
+                  [rng.standard_normal((2, 4))] * 2, rng.standard_normal((2, 8)), np.arange(6.0).reshape(3, 2))
+    flat = leaves(conditions)
+    assert len(flat) == 8 and all(a is b for a, b in zip(flat[:2], conditions[0]))
+    copies = [a.copy() for a in flat]
+    rebuilt = refill(conditions, iter(copies))
+    assert type(rebuilt) is tuple and [type(x) for x in rebuilt] == [list, list, list, np.ndarray, np.ndarray]
+    assert all(a is b for a, b in zip(leaves(rebuilt), copies))
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(rebuilt), flat))

@@ -129,6 +129,16 @@ class TensorRTBackend(GraphStages):
             self.stream.synchronize()
 
 
+def leaves(tree) -> list:
+    """The arrays of a nest of tuples / lists (run_chain's conditions), in order."""
+    return [a for item in tree for a in leaves(item)] if isinstance(tree, (tuple, list)) else [tree]
+
+
+def refill(tree, arrays):
+    """`tree`'s nesting, its arrays taken in order from the iterator `arrays`."""
+    return type(tree)(refill(item, arrays) for item in tree) if isinstance(tree, (tuple, list)) else next(arrays)
+
+
 class _CapturedLoop:
     """One CUDA graph of the denoising loop, with the static buffers it reads and writes.
 
@@ -141,23 +151,13 @@ class _CapturedLoop:
     def __init__(self, graph, pool, x, conditions, out):
         self.graph, self.pool, self.x, self.conditions, self.out = graph, pool, x, conditions, out
 
-    @staticmethod
-    def _flat(conditions) -> list:
-        hidden, masks, pooled, pooled_all, timesteps = conditions
-        return [*hidden, *masks, *pooled, pooled_all, timesteps]
-
-    @staticmethod
-    def _unflat(flat: list, like) -> tuple:
-        n = len(like[0])
-        return flat[:n], flat[n:2 * n], flat[2 * n:3 * n], flat[3 * n], flat[3 * n + 1]
-
     @classmethod
     def capture(cls, cp, stream, loop, x, conditions) -> "_CapturedLoop":
         pool = cp.cuda.MemoryPool()
         with cp.cuda.using_allocator(pool.malloc):
             static_x = x.copy()
-            static = [a.copy() for a in cls._flat(conditions)]
-            static_conditions = cls._unflat(static, conditions)
+            static = [a.copy() for a in leaves(conditions)]
+            static_conditions = refill(conditions, iter(static))
             stream.synchronize()
             stream.begin_capture()  # relaxed mode (CuPy's default): the pool may still cudaMalloc
             try:
@@ -168,7 +168,7 @@ class _CapturedLoop:
 
     def replay(self, stream, x, conditions):
         self.x[...] = x
-        for dst, src in zip(self.conditions, self._flat(conditions)):
+        for dst, src in zip(self.conditions, leaves(conditions)):
             dst[...] = src
         self.graph.launch(stream)
         return self.out
