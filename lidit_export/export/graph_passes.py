@@ -4,6 +4,8 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
+from lidit_runtime.graph_types import infer_types_
+
 FP8_ZERO_POINT = "lidit_fp8_e4m3_zero_point"
 
 
@@ -201,18 +203,6 @@ def convert_to_half(model: onnx.ModelProto, dtype: str = "fp16") -> onnx.ModelPr
         _retype_fp16_as_bf16(model, originals)
     topological_sort_(model.graph)  # the converter appends its input casts at the end
     return model
-
-
-def infer_types_(model: onnx.ModelProto) -> None:
-    """Fill graph.value_info by shape inference on a weightless copy (weights become typed inputs), which
-    works on graphs past protobuf's 2 GB limit, unlike onnx.shape_inference.infer_shapes on the model."""
-    g = model.graph
-    weights = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.initializer]
-    skeleton = helper.make_model(helper.make_graph(list(g.node), g.name, list(g.input) + weights, list(g.output)),
-                                 opset_imports=list(model.opset_import), ir_version=model.ir_version)
-    inferred = onnx.shape_inference.infer_shapes(skeleton)
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(inferred.graph.value_info)
 
 
 def skip_half_round_trips(graph) -> int:

@@ -21,12 +21,14 @@ def has_bf16(model) -> bool:
 
 
 def emulate_bf16(model):
-    """A copy of `model` with BF16 storage emulated in FP32 (see the module docstring)."""
+    """`model` rewritten in place with BF16 storage emulated in FP32 (see the module docstring); returned."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    model = onnx.shape_inference.infer_shapes(model)  # types of every intermediate tensor
+    from ..graph_types import infer_types_
+
+    infer_types_(model)  # types of every intermediate tensor (works past 2 GB)
     graph = model.graph
     bf16 = {v.name for v in list(graph.value_info) + list(graph.output)
             if v.type.tensor_type.elem_type == TensorProto.BFLOAT16}
