@@ -76,9 +76,8 @@ def _cmd_export(args) -> None:
 
 def _cmd_build(args) -> None:
     from .build.build_pipeline import BuildOptions, build_pipeline
-    from .export.graph_spec import ShapeProfile
-
     from .engine.builder import EngineOptions
+    from .export.graph_spec import ShapeProfile
 
     engines = None if args.target == "none" else EngineOptions(
         target=args.target, opt_level=args.opt_level, workspace_gib=args.workspace_gib,
@@ -254,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True, help="build folder")
     p.add_argument("--precision", default="fp32",
-                   help="fp32 | fp16 | fp8 | int8 | int8-wo (refiner + DiT; encoders and VAE stay fp32)")
+                   help="fp32 | fp16 | bf16 | fp8 | int8 | int8-wo (refiner + DiT; encoders and VAE stay fp32)")
     p.add_argument("--target", default="auto", choices=["auto", "trt", "trt-rtx", "none"],
                    help="TensorRT engines: full TensorRT, TensorRT for RTX, whichever is installed, or none")
     p.add_argument("--compute-capability", default=None, help="engine GPU, e.g. 8.9 (default: this GPU; 8.9 for trt-rtx)")

@@ -27,7 +27,7 @@ DEFAULT_CALIBRATION_PROMPTS = {"fp8": 128, "int8": 64, "int8-wo": 64}
 @dataclass
 class BuildOptions:
     precision: str = "fp32"
-    prompts_file: str | None = None  # default: the calibration split of calibration/prompts.jsonl
+    prompts_file: str | None = None  # default: calibration split of the model's prompts.jsonl, else the shipped set
     num_prompts: int | None = None  # default 128 (fp8) / 64 (int8)
     steps: int | None = None  # default: the model's production steps
     seed: int = 0

@@ -55,8 +55,8 @@ def quality_report(model_dir: str | Path, build_dir: str | Path, num_eval: int =
     sensitivity = []
     if precision in ("fp8", "int8"):
         progress("  DiT per-layer sensitivity ...")
-        inputs = record_dit_inputs(pipe, load_prompts(split="calibration", model_dir=model_dir)[:sensitivity_prompts], steps,
-                                   every=max(1, steps // 5))
+        calibration = load_prompts(split="calibration", model_dir=model_dir)[:sensitivity_prompts]
+        inputs = record_dit_inputs(pipe, calibration, steps, every=max(1, steps // 5))
         sensitivity = dit_sensitivity(pipe, precision, inputs)
     psnrs = [r["psnr_db"] for r in images]
     report = {

@@ -18,6 +18,7 @@ from ..artifacts import atomic_write_text
 from ..errors import ArtifactError
 from ..model.pipeline import WEIGHTS, LiDiTPipeline
 from .graph_spec import ShapeProfile, graph_specs
+from .graph_passes import HALF_TYPES
 from .onnx_export import OPSET, check_exported_io, component_inputs, component_modules, copy_tokenizers, export_graph
 
 
@@ -96,7 +97,7 @@ def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapePro
     records = {}
     for name, spec in specs.items():
         key = input_key(model_dir, pipe, name, spec, prefix_cache)
-        half = precision in ("fp16", "bf16") and name in HALF_COMPONENTS
+        half = precision in HALF_TYPES and name in HALF_COMPONENTS
         graph_precision = precision if name in quantized or half else "fp32"
         if name in quantized:  # the calibration key covers the recipe, settings and weights
             key = hashlib.sha256(f"{key}:{precision}:{quantized[name].key}".encode()).hexdigest()

@@ -160,6 +160,9 @@ def strip_activation_qdq(model: onnx.ModelProto) -> int:
     return len(rename)
 
 
+HALF_TYPES = ("fp16", "bf16")  # what convert_to_half makes
+
+
 def ops_without_bf16(model: onnx.ModelProto) -> list[str]:
     """Ops of `model` that ONNX does not type in BF16 at the model's opset (at 19: Conv, InstanceNormalization,
     Sin, Cos, Range; most gain it in opset 22): BF16 graphs keep them in FP32."""
@@ -181,7 +184,7 @@ def convert_to_half(model: onnx.ModelProto, dtype: str = "fp16") -> onnx.ModelPr
     FP16, whose range would clip it); ops that ONNX does not type in BF16 (ops_without_bf16) stay FP32."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    if dtype not in ("fp16", "bf16"):
+    if dtype not in HALF_TYPES:
         raise ValueError(f"half type {dtype!r}: use fp16 or bf16")
     keep = [n.name for n in model.graph.node  # the sinusoid, up to the cast into the embedder MLP
             if "t_embedder/" in n.name and "/mlp" not in n.name and not n.name.endswith("Cast_1")]

@@ -19,7 +19,7 @@ from torch import nn
 
 from lidit_runtime.manifest import file_sha256
 from ..errors import ArtifactError
-from .graph_passes import convert_to_half, fold_weight_quantization, standardize_fp8_qdq, strip_activation_qdq
+from .graph_passes import HALF_TYPES, convert_to_half, fold_weight_quantization, standardize_fp8_qdq, strip_activation_qdq
 from .graph_spec import GraphSpec, refiner_input_names
 
 OPSET = 19
@@ -114,7 +114,7 @@ def export_graph(module: nn.Module, spec: GraphSpec, sample: dict[str, np.ndarra
         fold_weight_quantization(model)  # quantized weights stored as INT8 / FP8: ~4x smaller files
         if precision == "int8-wo":
             strip_activation_qdq(model)
-        elif precision in ("fp16", "bf16"):
+        elif precision in HALF_TYPES:
             model = convert_to_half(model, precision)
         size = sum(t.ByteSize() for t in model.graph.initializer)
         staged = Path(tmp) / out_file.name
