@@ -81,11 +81,12 @@ def main() -> int:
     truth = train.ground_truth(heldout)
     shuffled = list(range(len(heldout)))
     random.Random(0).shuffle(shuffled)
+    training_captions = {s.caption for s in scenes}
     report = {"environment": describe_environment(), "settings": asdict(settings), "device": str(device),
               "parallel_training": args.parallel, "prepare_seconds": prepare_seconds,
               "train_seconds_wall": train_seconds, "heldout_captions": len(heldout),
-              "training_scenes": len(scenes), "distinct_training_captions": len({s.caption for s in scenes}),
-              "heldout_in_training": sum(s.caption in {t.caption for t in scenes} for s in heldout),
+              "training_scenes": len(scenes), "distinct_training_captions": len(training_captions),
+              "heldout_in_training": sum(s.caption in training_captions for s in heldout),
               "vae": {k: v for k, v in json.loads((work / "vae" / "training.json").read_text()).items() if k != "loss"},
               "ground_truth": score_images(truth, heldout),
               "chance_mismatched_images": score_images(truth[shuffled], heldout),
