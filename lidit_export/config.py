@@ -87,6 +87,10 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     pe_groups: int = 32  # GroupNorm groups in the ResBlock positional embedding
     eps: float = 1e-6
+    # ResBlocks in the positional embedding. Zero padding is its only source of absolute position: each
+    # ResBlock carries it 2 patches further in, so a grid wider than 4 x pe_depth patches has a centre
+    # that cannot tell where it is (the miniature's 8 x 8 grid needs >= 2).
+    pe_depth: int = 1
 
     @property
     def head_dim(self) -> int:
@@ -96,8 +100,8 @@ class DiTConfig:
         _check_heads(where, self.width, self.num_heads)
         if self.width % self.pe_groups:
             raise ConfigError(f"{where}.pe_groups={self.pe_groups} must divide width={self.width}")
-        if self.patch_size < 1 or self.depth < 1:
-            raise ConfigError(f"{where}: patch_size and depth must be >= 1")
+        if self.patch_size < 1 or self.depth < 1 or self.pe_depth < 1:
+            raise ConfigError(f"{where}: patch_size, depth and pe_depth must be >= 1")
 
 
 @dataclass

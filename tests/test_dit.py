@@ -81,3 +81,30 @@ def test_paper_sizes_come_out_at_1b_and_10b(preset, low, high):
     with torch.device("meta"):  # Table 7 shapes, nothing allocated
         dit = LiDiT(DiTConfig(in_channels=16, context_dim=p.refiner_width, pooled_dim=8192, **p.dit))
     assert low < sum(x.numel() for x in dit.parameters()) < high
+
+
+def test_positional_embedding_depth_reaches_the_grid_centre(tiny_pipe):
+    """Zero padding is the ResBlock PE's only source of absolute position: one ResBlock leaves the centre of an
+    8 x 8 patch grid blind (identical outputs on a constant input), three reach it. Added ResBlocks start as
+    the identity, so a trained model grows them without changing its output."""
+    import dataclasses
+
+    from lidit_export.model.dit import ResBlockPositionalEmbedding
+
+    torch.manual_seed(0)
+    flat = torch.ones(1, 32, 8, 8)
+    for depth, blind in ((1, True), (3, False)):
+        pe = ResBlockPositionalEmbedding(32, 8, depth=depth)
+        for block in pe.more:
+            torch.nn.init.normal_(block.conv2.weight, std=0.05)
+        with torch.no_grad():
+            out = pe(flat)[0]
+        spread = (out[:, 2:6, 2:6] - out[:, 3:4, 3:4]).abs().max().item()
+        assert (spread == 0.0) == blind, (depth, spread)
+
+    config = tiny_pipe.config.transformer
+    grown = LiDiT(dataclasses.replace(config, pe_depth=3)).eval()
+    missing, unexpected = grown.load_state_dict(tiny_pipe.transformer.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("pos_embed.more.") for k in missing)
+    with torch.no_grad():
+        assert torch.equal(grown(*_args(config)), tiny_pipe.transformer(*_args(config)))

@@ -15,8 +15,8 @@ from ..errors import ShapeError
 from .layers import Attention, Mlp, PooledTextEmbedder, TimestepEmbedder, key_padding_bias, modulate, zero_init_
 
 
-class ResBlockPositionalEmbedding(nn.Module):
-    """conv3x3 -> GroupNorm -> SiLU -> conv3x3, plus skip, on the (B, D, h, w) patch grid [paper: ResBlock PE]."""
+class ResBlock(nn.Module):
+    """conv3x3 -> GroupNorm -> SiLU -> conv3x3, plus skip."""
 
     def __init__(self, dim: int, groups: int, eps: float = 1e-6):
         super().__init__()
@@ -26,6 +26,21 @@ class ResBlockPositionalEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(F.silu(self.norm(self.conv1(x))))
+
+
+class ResBlockPositionalEmbedding(ResBlock):
+    """ResBlock(s) on the (B, D, h, w) patch grid [paper: ResBlock PE]. The first block's weights sit at the
+    top level (`pos_embed.conv1`, ...), further ones (`depth` > 1) under `pos_embed.more.<i>`."""
+
+    def __init__(self, dim: int, groups: int, eps: float = 1e-6, depth: int = 1):
+        super().__init__(dim, groups, eps)
+        self.more = nn.ModuleList(ResBlock(dim, groups, eps) for _ in range(depth - 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = super().forward(x)
+        for block in self.more:
+            x = block(x)
+        return x
 
 
 class LiDiTBlock(nn.Module):
@@ -65,7 +80,7 @@ class LiDiT(nn.Module):
         self.config = config
         d, p = config.width, config.patch_size
         self.x_embedder = nn.Conv2d(config.in_channels, d, kernel_size=p, stride=p)
-        self.pos_embed = ResBlockPositionalEmbedding(d, config.pe_groups, config.eps)
+        self.pos_embed = ResBlockPositionalEmbedding(d, config.pe_groups, config.eps, config.pe_depth)
         self.t_embedder = TimestepEmbedder(d)
         self.y_embedder = PooledTextEmbedder(config.pooled_dim, d)
         self.blocks = nn.ModuleList(LiDiTBlock(d, config.num_heads, config.context_dim, config.mlp_ratio, config.eps)
@@ -85,6 +100,8 @@ class LiDiT(nn.Module):
         for emb in (self.t_embedder.mlp, self.y_embedder.mlp):
             nn.init.normal_(emb[0].weight, std=0.02)
             nn.init.normal_(emb[2].weight, std=0.02)
+        for block in self.pos_embed.more:  # added ResBlocks start as the identity (a trained model can grow them)
+            zero_init_(block.conv2)
         for block in self.blocks:
             zero_init_(block.adaLN_modulation)
         zero_init_(self.final_layer.adaLN_modulation, self.final_layer.linear)
