@@ -310,10 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--llm", default=None, help="HF folder of the frozen LLM (default: SmolLM2-135M-Instruct)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
-    for name in ("scenes", "steps", "batch", "vae_steps", "vae_batch", "width", "depth", "heads", "seed"):
+    for name in ("scenes", "steps", "batch", "vae_steps", "vae_batch", "width", "depth", "heads", "pe_depth", "seed"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--schedule", choices=("constant", "cosine"), default=None,
+                   help="learning rate after warm-up (default cosine: decays to 10%% at --steps)")
+    p.add_argument("--init", default=None, help="start from this model folder's refiner + DiT (e.g. models/mini)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop training after this long (steps done are recorded)")
+    p.add_argument("--checkpoint-minutes", type=float, default=None,
+                   help="write runs/<variant>/checkpoint.pt this often (default 5; 0: never); a rerun resumes from it")
     p.add_argument("--no-eval", action="store_true", help="skip scoring the 200 held-out captions")
     p.set_defaults(func=_cmd_train)
 

@@ -111,6 +111,53 @@ def test_training_variants_write_loadable_model_folders(tiny_folder, tmp_path):
     assert len(LiDiTPipeline.from_pretrained(tmp_path / "runs" / "no-refiner" / "model").refiner.branches[0].blocks) == 0
 
 
+def test_killed_training_resumes_to_the_same_weights(tiny_folder, tmp_path, monkeypatch):
+    """A run killed after a checkpoint resumes exactly: weights bit-identical to an uninterrupted run.
+    --init starts from another model folder's weights; a checkpoint of other settings is refused."""
+    from safetensors.torch import load_file
+
+    from lidit_export.errors import ConfigError
+    from lidit_export.toy import train
+
+    s = train.TrainSettings(scenes=64, heldout=2, vae_steps=2, vae_batch=8, steps=6, batch=8, width=64, depth=1,
+                            heads=4, log_every=1, checkpoint_minutes=1e-9, schedule="cosine", warmup=2)
+    llm = tiny_folder / "llm_0"
+    whole = train.train_variant(tmp_path / "a", llm, "full", s, torch.device("cpu"))
+    assert not (tmp_path / "a" / "runs" / "full" / "checkpoint.pt").exists()  # removed once the model is written
+
+    calls = {"n": 0}
+    real = train._Batches.__call__
+
+    def dies_at_step_5(self):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(train._Batches, "__call__", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_variant(tmp_path / "b", llm, "full", s, torch.device("cpu"))
+    assert (tmp_path / "b" / "runs" / "full" / "checkpoint.pt").exists()
+    with pytest.raises(ConfigError, match="other settings"):
+        train.train_variant(tmp_path / "b", llm, "full", train.replace(s, lr=1e-3), torch.device("cpu"))
+    resumed = train.train_variant(tmp_path / "b", llm, "full", s, torch.device("cpu"))
+    log = json.loads((resumed.parent / "training.json").read_text())
+    assert log["resumed_at"] == 4 and log["steps_done"] == 6 and [h[0] for h in log["loss"]] == [1, 2, 3, 4, 5, 6]
+    for rel in ("transformer/model.safetensors", "refiner/model.safetensors"):
+        a, b = load_file(whole / rel), load_file(resumed / rel)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # --init: training starts from the given folder's weights (zero steps of change at lr 0)
+    frozen = train.replace(s, lr=0.0, init=str(whole), checkpoint_minutes=0)
+    again = train.train_variant(tmp_path / "c", llm, "full", frozen, torch.device("cpu"))
+    a, b = load_file(whole / "transformer/model.safetensors"), load_file(again / "transformer/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="no model_index.json"):
+        train.replace(s, init=str(tmp_path)).validate()
+    with pytest.raises(ConfigError, match="does not fit"):
+        train.train_variant(tmp_path / "c", llm, "no-refiner", train.replace(frozen, width=96), torch.device("cpu"))
+
+
 @pytest.fixture(scope="module")
 def mini_folder(tmp_path_factory):
     from conftest import smollm2_installed
