@@ -30,7 +30,8 @@ from lidit_export.toy import train  # noqa: E402
 from lidit_export.toy.plots import loss_curves, prompt_grid  # noqa: E402
 from lidit_export.toy.scorer import KINDS, score_images  # noqa: E402
 
-SETTINGS = ("scenes", "steps", "batch", "vae_steps", "vae_batch", "width", "depth", "heads", "seed", "lr")
+SETTINGS = {"scenes": int, "steps": int, "batch": int, "vae_steps": int, "vae_batch": int, "width": int, "depth": int,
+            "heads": int, "pe_depth": int, "seed": int, "lr": float, "warmup": int, "schedule": str, "init": str}
 ANALYTIC_CHANCE = {"color": 1 / 6, "shape": 1 / 3, "size": 1 / 2}
 
 
@@ -45,8 +46,9 @@ def main() -> int:
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--results", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--package", default=None, help="also write the full model's trained weights (fp16) here")
-    for name in SETTINGS:
-        ap.add_argument(f"--{name.replace('_', '-')}", type=float if name == "lr" else int, default=None)
+    ap.add_argument("--tag", default="", help="suffix of the result files (e.g. _continued for a follow-up run)")
+    for name, kind in SETTINGS.items():
+        ap.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
     args = ap.parse_args()
 
     from lidit_export.smollm2 import smollm2_folder
@@ -57,9 +59,13 @@ def main() -> int:
     settings = train.TrainSettings(**given, max_minutes=args.max_minutes).validate()
     device = train._device(args.device)
     variants = args.variants.split(",")
+    if set(variants) - set(train.VARIANTS):
+        raise SystemExit(f"unknown variant(s) {sorted(set(variants) - set(train.VARIANTS))}; choose from {list(train.VARIANTS)}")
 
     t0 = time.time()
-    train.prepare(work, llm, settings, device)
+    todo = [v for v in variants if not (work / "runs" / v / "model" / "model_index.json").exists()]
+    if todo:  # scoring alone needs no training features
+        train.prepare(work, llm, settings, device, instructions={train.VARIANTS[v].instruction for v in todo})
     prepare_seconds = time.time() - t0
     cli = [sys.executable, "-m", "lidit_export.cli", "-v", "train", "--work", str(work), "--llm", str(llm),
            "--device", args.device, "--no-eval"] + [f"--{k.replace('_', '-')}={v}" for k, v in given.items()]
@@ -68,12 +74,12 @@ def main() -> int:
     if args.threads:
         cli += ["--threads", str(args.threads)]
     t0 = time.time()
-    procs = [subprocess.Popen(cli + ["--variant", v]) for v in variants] if args.parallel else []
-    for v, p in zip(variants, procs):
+    procs = [subprocess.Popen(cli + ["--variant", v]) for v in todo] if args.parallel else []
+    for v, p in zip(todo, procs):
         if p.wait() != 0:
             raise SystemExit(f"training {v} failed (exit {p.returncode})")
     if not args.parallel:
-        for v in variants:
+        for v in todo:
             subprocess.run(cli + ["--variant", v], check=True)
     train_seconds = time.time() - t0
 
@@ -98,21 +104,22 @@ def main() -> int:
         images, summary = train.evaluate(model_dir, heldout, args.device)
         log = json.loads((work / "runs" / v / "training.json").read_text())
         report["variants"][v] = {"scores": summary, "eval_seconds": time.time() - t0,
-                                 **{k: log[k] for k in ("steps_done", "seconds", "parameters")}}
+                                 **{k: log.get(k) for k in ("steps_done", "seconds", "parameters", "resumed_at",
+                                                            "device", "threads", "hardware")}}
         if v == "full":
             samples = images
-    atomic_write_json(results / "miniature_ablation.json", report)
-    atomic_write_text(results / "miniature_ablation.md", table(report))
+    atomic_write_json(results / f"miniature_ablation{args.tag}.json", report)
+    atomic_write_text(results / f"miniature_ablation{args.tag}.md", table(report))
     curves = {v: [(s, sm) for s, _, sm in json.loads((work / "runs" / v / "training.json").read_text())["loss"]]
               for v in variants}
-    atomic_write_bytes(results / "miniature_loss.png", loss_curves(curves, "flow-matching loss (EMA 0.9 of logged steps)"))
+    atomic_write_bytes(results / f"miniature_loss{args.tag}.png", loss_curves(curves, "flow-matching loss (EMA 0.9 of logged steps)"))
     if samples is not None:
         model_dir = work / "runs" / "full" / "model"
         rows = heldout[:8]
         extra = [train.generate_images(model_dir, [s.caption for s in rows], args.device, seed=1000 * k)
                  for k in range(1, 4)]
         grid = [(s.caption, [truth[i], samples[i]] + [e[i] for e in extra]) for i, s in enumerate(rows)]
-        atomic_write_bytes(results / "miniature_samples.png", prompt_grid(grid))
+        atomic_write_bytes(results / f"miniature_samples{args.tag}.png", prompt_grid(grid))
         if args.package:
             train.package_weights(model_dir, Path(args.package))
     print(table(report))
@@ -136,7 +143,9 @@ def table(report: dict) -> str:
     lines.append("")
     lines.append(f"{report['heldout_captions']} held-out captions (none in training), batch {st['batch']}, at most "
                  f"{st['steps']} steps or {st['max_minutes']} min per variant, {report['device']}; analytic chance: "
-                 "colour 1/6, shape 1/3, size 1/2.")
+                 "colour 1/6, shape 1/3, size 1/2." + (f" Training started from the weights of {st['init']}, "
+                                                       f"learning rate {st['lr']} ({st['schedule']})."
+                                                       if st.get("init") else ""))
     return "\n".join(lines) + "\n"
 
 
