@@ -171,7 +171,9 @@ def mini_folder(tmp_path_factory):
 
 @needs_smollm2
 def test_trained_miniature_follows_prompts(mini_folder):
-    """The shipped model on held-out captions it never saw: well above chance (images of other captions)."""
+    """The shipped model on held-out captions it never saw: far above chance (images of other captions) on
+    every attribute kind. Measured here: 89.6% overall (chance 16%), colour, size, position and relation
+    100%, shape 68.5%, half the images entirely right."""
     from lidit_export.toy.train import evaluate
 
     scenes = sample_scenes(48, 0, "heldout")
@@ -179,8 +181,11 @@ def test_trained_miniature_follows_prompts(mini_folder):
     order = list(range(len(scenes)))
     random.Random(0).shuffle(order)
     chance = score_images(to_uint8(render(scenes))[order], scenes)
-    assert summary["color"]["accuracy"] > 2 * chance["color"]["accuracy"]
-    assert summary["all"]["accuracy"] > chance["all"]["accuracy"] + 0.08
+    accuracy = {k: summary[k]["accuracy"] for k in ("all", "color", "shape", "size", "position", "relation")}
+    assert accuracy["all"] > 0.8 and accuracy["all"] > chance["all"]["accuracy"] + 0.5
+    assert min(accuracy["color"], accuracy["size"], accuracy["position"], accuracy["relation"]) > 0.9
+    assert accuracy["shape"] > chance["shape"]["accuracy"] + 0.3
+    assert summary["all_correct_images"]["accuracy"] > 0.35
     assert {o.shape for s in scenes for o in s.objects} <= set(SHAPES)
 
 
