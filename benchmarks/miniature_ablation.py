@@ -140,11 +140,14 @@ def table(report: dict) -> str:
     for name, s, steps in rows:
         lines.append("| " + " | ".join([name] + [_pct(s, c) for c in cols] + [steps]) + " |")
     st = report["settings"]
+    here = (report["environment"].get("gpu") or {}).get("name", "cpu") if report["device"] == "cuda" else "cpu"
+    trained_on = sorted({r.get("hardware") or here for r in report["variants"].values()})  # older runs: trained here
     lines.append("")
     lines.append(f"{report['heldout_captions']} held-out captions (none in training), batch {st['batch']}, at most "
-                 f"{st['steps']} steps or {st['max_minutes']} min per variant, {report['device']}; analytic chance: "
-                 "colour 1/6, shape 1/3, size 1/2." + (f" Training started from the weights of {st['init']}, "
-                                                       f"learning rate {st['lr']} ({st['schedule']})."
+                 f"{st['steps']} steps or {st['max_minutes']} min per variant, learning rate {st['lr']} "
+                 f"({st.get('schedule', 'constant')}), positional-embedding ResBlocks {st.get('pe_depth', 1)}; "
+                 f"trained on {', '.join(trained_on)}, scored on {report['device']}; analytic chance: "
+                 "colour 1/6, shape 1/3, size 1/2." + (f" Training started from the weights of {st['init']}."
                                                        if st.get("init") else ""))
     return "\n".join(lines) + "\n"
 
