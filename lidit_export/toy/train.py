@@ -71,7 +71,7 @@ class TrainSettings:
     heldout: int = 200
     vae_steps: int = 2000
     vae_batch: int = 64
-    steps: int = 6000  # the defaults are the 2-core CPU recipe: ~1.05 steps/s at batch 64, ~95 min of training
+    steps: int = 5000  # the defaults are the 2-core CPU recipe: ~1.1 s a step at batch 64 (pe_depth 3), ~90 min
     batch: int = 64
     lr: float = 3e-4
     warmup: int = 200
