@@ -15,7 +15,7 @@ resumes at the stage it was in):
 
 The LLM stays frozen, so its features are computed once per caption; the refiner and the DiT are trained
 together, exactly as the exported pipeline chains them. Variants are the paper's ablations. `init`
-continues from another model folder's refiner + DiT (how the shipped model got its CPU phase).
+starts from another model folder's refiner + DiT (e.g. to grow a trained model's positional embedding).
 """
 from __future__ import annotations
 
@@ -371,7 +371,7 @@ def train_variant(work: Path, llm: Path, name: str, s: TrainSettings, device: to
         if value is not None:
             smooth = value if smooth is None else 0.9 * smooth + 0.1 * value
             history.append((step, value, smooth))
-            rate = (step - start) / (time.time() - t0 - spent)
+            rate = (step - start) / max(time.time() - t0 - spent, 1e-6)
             log.info("%s step %d loss %.4f lr %.2e (%.2f steps/s)", name, step, value, s.learning_rate(step), rate)
             if s.max_minutes is not None and time.time() - t0 > 60 * s.max_minutes:
                 log.warning("%s: stopping at step %d (--max-minutes %s)", name, step, s.max_minutes)
