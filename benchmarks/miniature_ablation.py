@@ -63,7 +63,7 @@ def main() -> int:
         raise SystemExit(f"unknown variant(s) {sorted(set(variants) - set(train.VARIANTS))}; choose from {list(train.VARIANTS)}")
 
     t0 = time.time()
-    todo = [v for v in variants if not (work / "runs" / v / "model" / "model_index.json").exists()]
+    todo = [v for v in variants if not train.is_trained(work, v)]
     if todo:  # scoring alone needs no training features
         train.prepare(work, llm, settings, device, instructions={train.VARIANTS[v].instruction for v in todo})
     prepare_seconds = time.time() - t0
@@ -98,23 +98,21 @@ def main() -> int:
               "chance_mismatched_images": score_images(truth[shuffled], heldout),
               "chance_analytic": ANALYTIC_CHANCE, "variants": {}}
     samples = None
+    logs = {v: json.loads((train.run_folder(work, v) / "training.json").read_text()) for v in variants}
     for v in variants:
-        model_dir = work / "runs" / v / "model"
         t0 = time.time()
-        images, summary = train.evaluate(model_dir, heldout, args.device)
-        log = json.loads((work / "runs" / v / "training.json").read_text())
+        images, summary = train.evaluate(train.run_folder(work, v) / "model", heldout, args.device)
         report["variants"][v] = {"scores": summary, "eval_seconds": time.time() - t0,
-                                 **{k: log.get(k) for k in ("steps_done", "seconds", "parameters", "resumed_at",
+                                 **{k: logs[v].get(k) for k in ("steps_done", "seconds", "parameters", "resumed_at",
                                                             "device", "threads", "hardware")}}
         if v == "full":
             samples = images
     atomic_write_json(results / f"miniature_ablation{args.tag}.json", report)
     atomic_write_text(results / f"miniature_ablation{args.tag}.md", table(report))
-    curves = {v: [(s, sm) for s, _, sm in json.loads((work / "runs" / v / "training.json").read_text())["loss"]]
-              for v in variants}
+    curves = {v: [(s, sm) for s, _, sm in logs[v]["loss"]] for v in variants}
     atomic_write_bytes(results / f"miniature_loss{args.tag}.png", loss_curves(curves, "flow-matching loss (EMA 0.9 of logged steps)"))
     if samples is not None:
-        model_dir = work / "runs" / "full" / "model"
+        model_dir = train.run_folder(work, "full") / "model"
         rows = heldout[:8]
         extra = [train.generate_images(model_dir, [s.caption for s in rows], args.device, seed=1000 * k)
                  for k in range(1, 4)]

@@ -321,14 +321,23 @@ class _Batches:
         return self.latents[idx].float(), hidden, mask, self.pooled[cap]
 
 
+def run_folder(work: Path, name: str) -> Path:
+    """runs/<variant>: its checkpoint while training, then training.json and the model/ folder."""
+    return work / "runs" / name
+
+
+def is_trained(work: Path, name: str) -> bool:
+    return (run_folder(work, name) / "model" / "model_index.json").exists()
+
+
 def train_variant(work: Path, llm: Path, name: str, s: TrainSettings, device: torch.device) -> Path:
     """Train refiner + DiT of one variant; returns the model folder (skipped when already there)."""
     if name not in VARIANTS:
         raise ConfigError(f"unknown variant {name!r}; choose one of {sorted(VARIANTS)}")
     variant = VARIANTS[name]
-    run = work / "runs" / name
+    run = run_folder(work, name)
     model_dir = run / "model"
-    if (model_dir / "model_index.json").exists():
+    if is_trained(work, name):
         return model_dir
     scenes, features = prepare(work, llm, s, device, instructions=(variant.instruction,))
     vae_config = json.loads((work / "vae" / "config.json").read_text())
@@ -431,12 +440,12 @@ class _Checkpoint:
     state, both random generators, the loss history and the time spent. Written atomically; torch's
     weights-only loader reads it back (no pickled objects)."""
 
-    RESUME_KEYS = ("scenes", "steps", "batch", "lr", "warmup", "ema", "cfg_dropout", "width", "depth", "heads",
-                   "pe_depth", "latent_channels", "seed", "schedule", "init")
+    # settings a resumed run may change: they do not touch this stage's weights (every other one must match)
+    FREE_KEYS = ("heldout", "vae_steps", "vae_batch", "max_minutes", "log_every", "checkpoint_minutes")
 
     def __init__(self, file: Path, s: TrainSettings, params, ema, opt, generators):
         self.file, self.params, self.ema, self.opt, self.generators = file, params, ema, opt, generators
-        self.settings = {k: getattr(s, k) for k in self.RESUME_KEYS}
+        self.settings = {k: v for k, v in asdict(s).items() if k not in self.FREE_KEYS}
 
     def save(self, step: int, history: list, seconds: float) -> None:
         state = {"step": step, "seconds": seconds, "history": [list(h) for h in history],
