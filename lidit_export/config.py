@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lidit_runtime.sampler import SchedulerConfig
+from lidit_runtime.schema import from_dict
 
 from .errors import ConfigError
 
@@ -42,6 +42,11 @@ class EncoderConfig:
         return self.num_hidden_layers + 1 + self.feature_layer
 
     def validate(self, where: str) -> None:
+        parts = Path(self.path).parts
+        if not parts or Path(self.path).is_absolute() or ".." in parts:
+            raise ConfigError(f"{where}.path={self.path!r} must name a sub-folder of the model folder (no '..', not absolute)")
+        if self.hidden_size < 1 or self.num_hidden_layers < 1 or self.pad_token_id < 0:
+            raise ConfigError(f"{where}: hidden_size and num_hidden_layers must be >= 1 and pad_token_id >= 0")
         if not 1 <= self.blocks_needed <= self.num_hidden_layers:
             raise ConfigError(f"{where}.feature_layer={self.feature_layer} is outside an LLM with "
                               f"{self.num_hidden_layers} blocks; use a value in [-{self.num_hidden_layers}, -1]")
@@ -69,6 +74,8 @@ class RefinerConfig:
         if len(self.llm_hidden_sizes) != len(self.prefix_lengths) or not self.llm_hidden_sizes:
             raise ConfigError(f"{where}: llm_hidden_sizes and prefix_lengths need one entry per LLM")
         _check_heads(where, self.width, self.num_heads)
+        if min(self.prefix_lengths) < 0 or min(self.llm_hidden_sizes) < 1 or not self.mlp_ratio > 0:
+            raise ConfigError(f"{where}: prefix_lengths must be >= 0, llm_hidden_sizes >= 1 and mlp_ratio > 0")
         if self.depth < 0:
             raise ConfigError(f"{where}.depth={self.depth} must be >= 0 (paper: 2; 0 = projection only)")
 
@@ -98,6 +105,8 @@ class DiTConfig:
 
     def validate(self, where: str = "transformer") -> None:
         _check_heads(where, self.width, self.num_heads)
+        if self.in_channels < 1 or self.pe_groups < 1 or not self.mlp_ratio > 0:
+            raise ConfigError(f"{where}: in_channels and pe_groups must be >= 1 and mlp_ratio > 0")
         if self.width % self.pe_groups:
             raise ConfigError(f"{where}.pe_groups={self.pe_groups} must divide width={self.width}")
         if self.patch_size < 1 or self.depth < 1 or self.pe_depth < 1:
@@ -120,6 +129,10 @@ class VAEConfig:
         return 2 ** (len(self.block_out_channels) - 1)
 
     def validate(self, where: str = "vae") -> None:
+        if not self.block_out_channels or min(self.block_out_channels) < 1 or self.norm_num_groups < 1 \
+                or self.layers_per_block < 1 or self.latent_channels < 1:
+            raise ConfigError(f"{where}: block_out_channels must be a non-empty list of sizes >= 1, and "
+                              "norm_num_groups, layers_per_block and latent_channels >= 1")
         if any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ConfigError(f"{where}.norm_num_groups={self.norm_num_groups} must divide every block_out_channels "
                               f"entry {self.block_out_channels}")
@@ -157,6 +170,10 @@ class PipelineConfig:
         if self.transformer.pooled_dim != sum(widths):
             raise ConfigError(f"transformer.pooled_dim={self.transformer.pooled_dim} must equal the sum of the LLM "
                               f"widths ({sum(widths)})")
+        step = self.vae.scale_factor * self.transformer.patch_size
+        if min(self.default_height, self.default_width) < 1 or self.default_height % step or self.default_width % step:
+            raise ConfigError(f"default_height/default_width {self.default_height}x{self.default_width} must be positive "
+                              f"multiples of {step} (VAE factor x patch size)")
         if self.transformer.in_channels != self.vae.latent_channels:
             raise ConfigError(f"transformer.in_channels={self.transformer.in_channels} must equal "
                               f"vae.latent_channels={self.vae.latent_channels}")
@@ -174,12 +191,17 @@ class PipelineConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "PipelineConfig":
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"{path} not found; create a model folder with `lidit-export init --preset tiny --out DIR`")
+        if not path.is_file() or path.stat().st_size > 16 << 20:  # never read a FIFO, device or folder
+            raise ConfigError(f"{path} is not a model index file (a folder, FIFO, device or > 16 MB); restore it")
         try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path} not found; create a model folder with `lidit-export init --preset tiny --out DIR`") from None
-        except json.JSONDecodeError as e:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path} is not valid JSON ({e}); restore it or re-run `lidit-export init`") from None
+        except OSError as e:
+            raise ConfigError(f"{path} cannot be read ({e.strerror}); check the path and its permissions") from None
         return cls.from_dict(data)
 
 
@@ -189,25 +211,5 @@ def _check_heads(where: str, width: int, heads: int) -> None:
 
 
 def _build(cls, data, where: str):
-    """Build dataclass `cls` from a dict, recursing into nested dataclasses and lists of them."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where} has unknown fields {unknown}; known fields: {sorted(names)}")
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise ConfigError(f"{where} is missing required fields {missing}")
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            value = _build(hint, value, f"{where}.{name}")
-        elif typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
-            item = typing.get_args(hint)[0]
-            value = [_build(item, v, f"{where}.{name}[{i}]") for i, v in enumerate(value)]
-        kwargs[name] = value
-    return cls(**kwargs)
+    """Build dataclass `cls` from a dict: every field type-checked (lidit_runtime.schema)."""
+    return from_dict(cls, data, where, ConfigError)

@@ -15,3 +15,7 @@ class ShapeError(LiditError):
 
 class ArtifactError(LiditError):
     """A model folder, build folder or file is missing, corrupt or from another version."""
+
+
+class NonFiniteError(LiditError):
+    """A stage produced NaN or infinity (damaged weights, or numbers past the precision's range)."""

@@ -13,16 +13,17 @@ check them against diffusers on the same model-output sequences.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import ConfigError
+from .schema import from_dict
 
 SAMPLERS = ("dpmpp_2m", "ddim", "flow_euler")
 SPACINGS = ("trailing", "linspace", "leading")
+MAX_CFG = 100.0  # guidance scales past this only amplify noise; also bounds what a request may ask
 
 
 @dataclass
@@ -54,15 +55,14 @@ class SchedulerConfig:
             raise ConfigError(f"scheduler betas ({self.beta_start}, {self.beta_end}) must satisfy 0 < start < end < 1")
         if self.num_train_timesteps < 2 or self.flow_shift <= 0:
             raise ConfigError("scheduler.num_train_timesteps must be >= 2 and flow_shift > 0")
+        if not 1 <= self.default_steps <= self.num_train_timesteps or not 0 <= self.default_cfg <= MAX_CFG:
+            raise ConfigError(f"scheduler.default_steps={self.default_steps} must lie in [1, num_train_timesteps] and "
+                              f"default_cfg={self.default_cfg} in [0, {MAX_CFG}]")
         return self
 
     @classmethod
     def from_dict(cls, data: dict) -> "SchedulerConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"scheduler config has unknown fields {unknown}; known fields: {sorted(known)}")
-        return cls(**data).validate()
+        return from_dict(cls, data, "scheduler", ConfigError).validate()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError, ShapeError
+from .errors import ArtifactError, ConfigError, ShapeError
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +27,21 @@ class TokenizedPrompts:
 
 class PromptTokenizer:
     def __init__(self, tokenizer_file: str, prefix_text: str, suffix_text: str, max_length: int,
-                 pad_token_id: int, caption_separator: str = " "):
+                 pad_token_id: int, caption_separator: str = " ", prefix_length: int | None = None):
+        """prefix_length: the prefix token count the encoder graph was exported with (checked, when given)."""
         from tokenizers import Tokenizer  # lazy: keeps `import lidit_runtime` light
 
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        try:
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        except Exception as e:  # tokenizers raises a plain Exception for any unreadable file
+            raise ArtifactError(f"tokenizer {tokenizer_file} cannot be read ({str(e).splitlines()[0][:120]}); "
+                                "restore the file or rebuild") from None
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self.prefix_ids = self._encode(prefix_text)
+        if prefix_length is not None and len(self.prefix_ids) != prefix_length:
+            raise ArtifactError(f"tokenizer {tokenizer_file} gives {len(self.prefix_ids)} prefix tokens, the encoder graph "
+                                f"was exported for {prefix_length}: it is not the tokenizer of this build; rebuild")
         self.suffix_ids = self._encode(suffix_text)
         self.caption_separator = caption_separator
         self.max_length = max_length

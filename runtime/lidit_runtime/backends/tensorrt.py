@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError
-from ..manifest import TENSORRT_MODULES, Manifest, check_engines, compute_capability
+from ..manifest import TENSORRT_MODULES, Manifest, build_file, check_engines, compute_capability
 from .base import GraphStages
 
 _NP = {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64, "INT32": np.int32, "BOOL": np.bool_}
@@ -56,7 +56,7 @@ class TensorRTBackend(GraphStages):
         self.engines, self.contexts = {}, {}
         strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
         for name, rec in manifest.engines.items():
-            engine = self._runtime.deserialize_cuda_engine((Path(build_dir) / rec.file).read_bytes())
+            engine = self._runtime.deserialize_cuda_engine(build_file(build_dir, rec.file, f"engine {name}").read_bytes())
             if engine is None:
                 raise ArtifactError(f"{rec.file} could not be deserialized; rebuild it with `lidit-export build`")
             self.engines[name] = engine
