@@ -14,6 +14,7 @@ from lidit_runtime.errors import ArtifactError
 from lidit_runtime.manifest import check_engines, load_manifest
 
 from conftest import needs_smollm2
+from build_files import graph_file
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
                                 reason="TensorRT for RTX not installed: pip install tensorrt-rtx")
@@ -76,7 +77,7 @@ def test_int8_weight_only_graph_keeps_weights_quantized_only(tiny_folder, tmp_pa
     import onnx
 
     build(tiny_folder, tmp_path / "wo", "int8-wo", target="trt-rtx")
-    graph = onnx.load(str(tmp_path / "wo" / "onnx" / "dit.onnx")).graph
+    graph = onnx.load(str(graph_file(tmp_path / "wo", "dit"))).graph
     weights = {t.name for t in graph.initializer}
     dq = [n for n in graph.node if n.op_type == "DequantizeLinear"]
     assert dq and all(n.input[0] in weights for n in dq)

@@ -42,7 +42,7 @@ def test_encoder_graph_stops_at_the_third_to_last_block(tiny_build, tiny_pipe):
     for i, encoder in enumerate(tiny_pipe.encoders):
         block = sum(p.numel() for p in encoder.model.layers[0].parameters())
         kept = sum(p.numel() for p in encoder.model.parameters())
-        in_graph = _float_elements(tiny_build / f"onnx/encoder_{i}.onnx")
+        in_graph = _float_elements(tiny_build / load_manifest(tiny_build).components[f"encoder_{i}"].file)
         assert kept <= in_graph < kept + block  # two more blocks would add 2 x `block`
 
 
@@ -65,7 +65,7 @@ def test_prefix_cached_encoder_equals_the_uncached_reference(tiny_build, tiny_pi
 
 def test_manifest_holds_what_the_runtime_needs(tiny_build, tiny_pipe):
     data = json.loads((tiny_build / "manifest.json").read_text())
-    assert data["format"] == "lidit-build/1"
+    assert data["format"] == "lidit-build/2"
     assert data["latent_channels"] == 16 and data["vae_scale_factor"] == 8 and data["patch_size"] == 2
     assert data["scheduler"]["sampler"] == "dpmpp_2m"
     for i, enc in enumerate(data["encoders"]):
@@ -83,11 +83,12 @@ def test_second_export_is_a_no_op_and_a_changed_dit_re_exports_only_the_dit(tiny
     shutil.copytree(tiny_folder, model)
     build = tmp_path / "build"
     export_model(model, build, **quiet)
-    before = {n: (build / f"onnx/{n}.onnx").stat().st_mtime_ns for n in GRAPHS}
+    files = {n: build / r.file for n, r in load_manifest(build).components.items()}
+    before = {n: f.stat().st_mtime_ns for n, f in files.items()}
     lines = []
     export_model(model, build, progress=lines.append)
     assert all("up to date" in line for line in lines) and len(lines) == 5
-    assert before == {n: (build / f"onnx/{n}.onnx").stat().st_mtime_ns for n in GRAPHS}
+    assert before == {n: f.stat().st_mtime_ns for n, f in files.items()}
 
     from safetensors.torch import load_file, save_file
 
@@ -104,14 +105,14 @@ def test_second_export_is_a_no_op_and_a_changed_dit_re_exports_only_the_dit(tiny
 def test_a_missing_graph_is_re_exported_and_tampering_is_detected(tiny_folder, tmp_path):
     build = tmp_path / "build"
     export_model(tiny_folder, build, **quiet)
-    (build / "onnx/refiner.onnx").unlink()  # as if the export had been killed before writing it
+    (build / load_manifest(build).components["refiner"].file).unlink()  # as if killed before writing it
     (build / "onnx/.stale.tmp").write_text("left by a killed run")
     lines = []
     export_model(tiny_folder, build, progress=lines.append)
     assert [line.split()[0] for line in lines if "exporting" in line] == ["refiner"]
     load_manifest(build, verify=True)
 
-    with open(build / "onnx/dit.onnx", "r+b") as f:
+    with open(build / load_manifest(build).components["dit"].file, "r+b") as f:
         f.seek(-64, 2)
         f.write(b"\0" * 64)
     with pytest.raises(ArtifactError, match="does not match its manifest hash.*lidit-export export"):

@@ -11,6 +11,7 @@ from PIL import Image
 from lidit_export.check.parity import THRESHOLDS, run_parity
 from lidit_export.cli import main
 from lidit_runtime.manifest import file_sha256, load_manifest
+from build_files import graph_file
 
 
 def _assert_fp32_ladder(report, build):
@@ -48,7 +49,7 @@ def test_tiny_fp32_parity_ladder_passes_and_records_validated_shapes(tiny_folder
 def test_a_wrong_graph_fails_parity_with_a_non_zero_exit(tiny_folder, tiny_build, tmp_path, capsys):
     build = tmp_path / "build"
     shutil.copytree(tiny_build, build)
-    dit = build / "onnx" / "dit.onnx"
+    dit = graph_file(build, "dit")
     model = onnx.load(str(dit))
     for init in model.graph.initializer:  # scale one weight matrix of the DiT by 1.5
         w = numpy_helper.to_array(init)
@@ -115,7 +116,7 @@ def test_half_graphs_pass_parity_and_keep_the_timestep_in_fp32(tiny_folder, tmp_
     assert max(r["rel_l2"] for r in report.components if r["component"] in ("refiner", "dit")) <= worst
     half = onnx.TensorProto.FLOAT16 if precision == "fp16" else onnx.TensorProto.BFLOAT16
     for name in ("refiner", "dit"):
-        graph = onnx.load(str(build / "onnx" / f"{name}.onnx")).graph
+        graph = onnx.load(str(graph_file(build, name))).graph
         assert sum(t.data_type == half for t in graph.initializer) >= 10
         producers = {o: n for n in graph.node for o in n.output}
         sinusoid = [n for n in graph.node if n.op_type in ("Sin", "Cos")]

@@ -15,6 +15,7 @@ from lidit_export.export.onnx_export import component_inputs, component_modules
 from lidit_export.quant.calibrate import CalibrationSettings, calibrate
 from lidit_export.quant.prompts import load_prompts
 from lidit_export.quant.recipes import QuantRecipe, plan_layers
+from build_files import graph_file
 
 pytest.importorskip("modelopt", reason="NVIDIA ModelOpt not installed: pip install nvidia-modelopt==0.47.0")
 SETTINGS = dict(steps=3, height=64, width=64, batch=2)
@@ -82,7 +83,7 @@ def test_calibration_is_deterministic_and_reused_from_cache(tiny_pipe, tiny_fold
 
 
 def _layer_census(build, name):
-    model = onnx.load(str(build / "onnx" / f"{name}.onnx"))
+    model = onnx.load(str(graph_file(build, name)))
     census = count_quantized_layers(model)
     quantized = {layer for layer, q in census.items() if q}
     plain = {layer for layer, q in census.items() if not q}
@@ -132,10 +133,10 @@ def _check_faithful(pipe, build, precision, shapes):
         feeds = component_inputs(pipe, batch, None, hw, seed=3)
         for name in ("refiner", "dit"):
             args = tuple(torch.from_numpy(v) for v in feeds[name].values())
-            rows = check_quantizers(fake[name], build / "onnx" / f"{name}.onnx", args)
+            rows = check_quantizers(fake[name], graph_file(build, name), args)
             assert rows and all(r["found_in_graph"] for r in rows)
             assert max(r["rel_l2"] for r in rows) <= 1e-6, name
-            session = ort.InferenceSession(str(build / "onnx" / f"{name}.onnx"), options)
+            session = ort.InferenceSession(str(graph_file(build, name)), options)
             got = session.run(None, feeds[name])[0]
             with torch.no_grad():
                 want = fake[name](*args)[0 if name == "refiner" else slice(None)]
@@ -211,7 +212,7 @@ def test_tensorrt_for_rtx_parses_the_qdq_graphs(request, fixture):
     build = request.getfixturevalue(fixture)
     logger = trt.Logger(trt.Logger.ERROR)
     for name in ("refiner", "dit"):
-        path = build / "onnx" / f"{name}.onnx"
+        path = graph_file(build, name)
         network = trt.Builder(logger).create_network(0)
         parser = trt.OnnxParser(network, logger)
         assert parser.parse_from_file(str(path)), [str(parser.get_error(i)) for i in range(parser.num_errors)]

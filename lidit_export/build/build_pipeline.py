@@ -7,9 +7,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lidit_runtime.manifest import MANIFEST, Manifest
+from lidit_runtime.manifest import Manifest
 
 from ..artifacts import atomic_write_text
+from ..build_folder import BuildFolder
 from ..engine.builder import EngineOptions, EngineRefused, EngineUnavailable, build_engines
 from ..errors import ConfigError
 from ..export.export_build import export_model
@@ -40,13 +41,28 @@ class BuildOptions:
     def validate(self) -> "BuildOptions":
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision {self.precision} is unknown; use one of {', '.join(PRECISIONS)}")
+        for name in ("num_prompts", "steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name}={value!r} must be an integer >= 1 (None: the default)")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed={self.seed!r} must be an integer >= 0")
+        self.profile.validate()
         return self
 
 
 def build_pipeline(model_dir: str | Path, build_dir: str | Path, options: BuildOptions, progress=print) -> Manifest:
+    """Every stage into `build_dir` as one transaction (build_folder.BuildFolder): the folder is locked, the
+    manifest replaced once at the end, and a killed build leaves the previous one usable and resumable."""
     options.validate()
     model_dir, build_dir = Path(model_dir), Path(build_dir)
     pipe = LiDiTPipeline.from_pretrained(model_dir)
+    with BuildFolder(build_dir) as folder:
+        return _build(pipe, model_dir, folder, options, progress)
+
+
+def _build(pipe: LiDiTPipeline, model_dir: Path, folder: BuildFolder, options: BuildOptions, progress) -> Manifest:
+    build_dir = folder.path
     precision = options.precision
     started = time.perf_counter()
     report: dict = {"precision": precision, "model": str(model_dir), "stages": {}}
@@ -55,8 +71,9 @@ def build_pipeline(model_dir: str | Path, build_dir: str | Path, options: BuildO
         recipe = QuantRecipe(precision[:4], smoothquant_alpha=options.smoothquant_alpha,
                              extra_exclude=list(options.exclude)).validate()
         prompts = load_prompts(options.prompts_file, split="calibration", model_dir=model_dir)
-        count = options.num_prompts or DEFAULT_CALIBRATION_PROMPTS[precision]
-        settings = CalibrationSettings(prompts=prompts[:count], steps=options.steps or pipe.config.scheduler.default_steps,
+        count = DEFAULT_CALIBRATION_PROMPTS[precision] if options.num_prompts is None else options.num_prompts
+        steps = pipe.config.scheduler.default_steps if options.steps is None else options.steps
+        settings = CalibrationSettings(prompts=prompts[:count], steps=steps,
                                        cfg=pipe.config.scheduler.default_cfg, seed=options.seed,
                                        height=pipe.config.default_height, width=pipe.config.default_width)
         t0 = time.perf_counter()
@@ -75,7 +92,7 @@ def build_pipeline(model_dir: str | Path, build_dir: str | Path, options: BuildO
                 progress(f"    kept ({why}): {', '.join(layers[:4])}{' ...' if len(layers) > 4 else ''}")
     t0 = time.perf_counter()
     manifest = export_model(model_dir, build_dir, options.profile, options.prefix_cache, pipe, progress,
-                            quantized=quantized, precision=precision)
+                            quantized=quantized, precision=precision, folder=folder)
     report["stages"]["export"] = {"seconds": time.perf_counter() - t0}
     report["components"] = {}
     for name, rec in manifest.components.items():
@@ -86,17 +103,19 @@ def build_pipeline(model_dir: str | Path, build_dir: str | Path, options: BuildO
             "quantized_layers": len(plan.quantized) if plan else 0, "excluded_layers": plan.excluded if plan else {},
             "fp8_attention": plan.attention if plan else []}
     if options.engines is not None:
-        _engine_stage(build_dir, manifest, options.engines, report, progress)
+        _engine_stage(folder, manifest, options.engines, report, progress)
+    folder.commit(manifest)
     report["seconds"] = time.perf_counter() - started
     atomic_write_text(build_dir / "build_report.json", json.dumps(report, indent=2) + "\n")
     return manifest
 
 
-def _engine_stage(build_dir: Path, manifest: Manifest, options: EngineOptions, report: dict, progress) -> None:
+def _engine_stage(folder: BuildFolder, manifest: Manifest, options: EngineOptions, report: dict, progress) -> None:
     """TensorRT engines; with --target auto and no TensorRT at all, the build ends after the ONNX stages."""
+    build_dir = folder.path
     t0 = time.perf_counter()
     try:
-        result = build_engines(build_dir, manifest, options, progress)
+        result = build_engines(folder, manifest, options, progress)
     except (EngineUnavailable, EngineRefused) as e:
         if options.target != "auto":
             raise
@@ -106,7 +125,6 @@ def _engine_stage(build_dir: Path, manifest: Manifest, options: EngineOptions, r
                  f"onnxruntime --build {build_dir} --prompt \"...\"`")
         return
     manifest.engines = result["engines"]
-    atomic_write_text(build_dir / MANIFEST, manifest.to_json())
     report["stages"]["engines"] = {"seconds": time.perf_counter() - t0, **result["target"]}
     for name, r in result["report"].items():
         report["components"][name].update({f"engine_{k}": v for k, v in r.items()})

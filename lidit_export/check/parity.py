@@ -134,8 +134,9 @@ def run_parity(model_dir: str | Path, build_dir: str | Path, out_dir: str | Path
     report.failures += [f"{r['component']}.{r['output']} at {r['inputs']}: rel_l2 {r['rel_l2']:.3g} > "
                         f"{r['limit']:.3g}" for r in report.components if not r["passed"]]
 
-    request = GenerateRequest([prompt], steps=steps, cfg=cfg, seed=seed, height=height or pipe.config.default_height,
-                              width=width or pipe.config.default_width)
+    request = GenerateRequest([prompt], steps=steps, cfg=cfg, seed=seed,
+                              height=pipe.config.default_height if height is None else height,
+                              width=pipe.config.default_width if width is None else width)
     ref = pipe.generate(request, keep_trajectory=True)
     out = runtime.generate(prompt, steps=steps, cfg=cfg, seed=seed, height=request.height, width=request.width,
                            keep_trajectory=True)
@@ -183,12 +184,16 @@ def write_report(report: ParityReport, out_dir: Path, reference: np.ndarray, exp
 
 
 def record_validated_shapes(build_dir: Path, report: ParityReport) -> None:
-    """Store the shapes each graph was checked at in the manifest (what 'validated' means)."""
-    manifest = load_manifest(build_dir)
-    for name, record in manifest.components.items():
-        seen = {json.dumps(r["inputs"], sort_keys=True) for r in report.components if r["component"] == name}
-        record.validated_shapes = [json.loads(s) for s in sorted(seen)]
-    atomic_write_text(build_dir / MANIFEST, manifest.to_json())
+    """Store the shapes each graph was checked at in the manifest (what 'validated' means), under the build
+    folder's lock so that no build replaces the manifest meanwhile."""
+    from ..build_folder import BuildFolder
+
+    with BuildFolder(build_dir):
+        manifest = load_manifest(build_dir)
+        for name, record in manifest.components.items():
+            seen = {json.dumps(r["inputs"], sort_keys=True) for r in report.components if r["component"] == name}
+            record.validated_shapes = [json.loads(s) for s in sorted(seen)]
+        atomic_write_text(build_dir / MANIFEST, manifest.to_json())
 
 
 POLYGRAPHY_COMMAND = ("polygraphy run {graph} --onnxrt --load-inputs {inputs} --load-outputs {reference} "

@@ -19,6 +19,7 @@ from pathlib import Path
 from lidit_runtime.manifest import TENSORRT_MODULES, EngineRecord, Manifest, compute_capability, file_sha256
 
 from ..artifacts import atomic_write_bytes
+from ..build_folder import BuildFolder
 from ..errors import ArtifactError, ConfigError
 
 TARGETS = TENSORRT_MODULES  # the runtime loads engines through the same table
@@ -49,6 +50,11 @@ class EngineOptions:
             raise ConfigError(f"--target {self.target} is unknown; use trt, trt-rtx or auto")
         if not 0 <= self.opt_level <= 5:
             raise ConfigError(f"--opt-level {self.opt_level} must be between 0 and 5")
+        if not 0 < self.workspace_gib <= 1024:
+            raise ConfigError(f"--workspace-gib {self.workspace_gib} must be > 0 and <= 1024")
+        cc = self.compute_capability
+        if cc is not None and not (cc.count(".") == 1 and all(p.isdigit() for p in cc.split("."))):
+            raise ConfigError(f"--compute-capability {cc!r} must read MAJOR.MINOR, e.g. 8.9")
         if self.strip_weights and not self.refit:
             raise ConfigError("--strip-weights needs --refit (a stripped engine is refitted when loaded)")
         return self
@@ -187,10 +193,11 @@ def build_one(target: Target, onnx_file: Path, shapes: dict, cc: str, options: E
     return bytes(memoryview(plan))
 
 
-def build_engines(build_dir: str | Path, manifest: Manifest, options: EngineOptions, progress=print) -> dict:
-    """Build (or reuse) one engine per component; returns the new manifest.engines and a per-engine report."""
+def build_engines(folder: BuildFolder, manifest: Manifest, options: EngineOptions, progress=print) -> dict:
+    """Build (or reuse) one engine per component into an open BuildFolder; returns the new manifest.engines
+    and a per-engine report. Engines are named after their key, so those of the build in place stay."""
     options.validate()
-    build_dir = Path(build_dir)
+    build_dir = folder.path
     target = load_target(options.target)
     cc = resolve_compute_capability(target, options)
     for precision in {r.precision for r in manifest.components.values()}:
@@ -200,11 +207,11 @@ def build_engines(build_dir: str | Path, manifest: Manifest, options: EngineOpti
     for name, record in manifest.components.items():
         dims = component_profile(record, options.profiles)
         key = engine_key(record, record.precision, dims, target, cc, options)
-        old = manifest.engines.get(name)
-        file = build_dir / "engines" / f"{name}.{target.name}.engine"
-        if old is not None and old.key == key and file.exists() and file_sha256(file) == old.sha256:
+        old = folder.reusable_engine(name, key)
+        file = build_dir / "engines" / f"{name}-{key[:16]}.{target.name}.engine"
+        if old is not None:
             engines[name] = old
-            report[name] = {"reused": True, "seconds": 0.0, "bytes": file.stat().st_size}
+            report[name] = {"reused": True, "seconds": 0.0, "bytes": (build_dir / old.file).stat().st_size}
             continue
         progress(f"  {name} ({record.precision}): building a {target.name} {target.version} engine for sm{cc} ...")
         t0 = time.perf_counter()
@@ -215,6 +222,7 @@ def build_engines(build_dir: str | Path, manifest: Manifest, options: EngineOpti
                                      key=key, target=target.name, tensorrt_version=target.version,
                                      compute_capability=cc, precision=record.precision, onnx_sha256=record.sha256,
                                      dims=dims, refit=options.refit, stripped=options.strip_weights)
+        folder.add_engine(engines[name])
         report[name] = {"reused": False, "seconds": seconds, "bytes": len(plan)}
     return {"engines": engines, "report": report,
             "target": {"target": target.name, "tensorrt_version": target.version, "compute_capability": cc}}

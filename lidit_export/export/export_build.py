@@ -1,8 +1,9 @@
 """`lidit-export export`: model folder -> BUILD/{onnx/*.onnx, tokenizers/, manifest.json}.
 
 A graph is re-exported only when its input key changes: the hash of its weights, the pipeline config,
-its graph spec and the exporter settings. A killed export leaves no partial graph (each file is moved
-into place whole) and the next run redoes only what is missing.
+its graph spec and the exporter settings. Files are named after their key and the manifest is replaced
+once at the end (`build_folder.BuildFolder`): a killed export leaves the previous build usable and the
+next run redoes only what is missing.
 """
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from lidit_runtime.manifest import FORMAT, MANIFEST, ComponentRecord, EncoderRecord, Manifest, file_sha256
+from lidit_runtime.manifest import FORMAT, ComponentRecord, EncoderRecord, Manifest, file_sha256
 
 from .. import __version__
-from ..artifacts import atomic_write_text
-from ..errors import ArtifactError
+from ..build_folder import BuildFolder
 from ..model.pipeline import WEIGHTS, LiDiTPipeline
 from .graph_spec import ShapeProfile, graph_specs
 from .graph_passes import HALF_TYPES
@@ -64,28 +64,24 @@ def input_key(model_dir: Path, pipe: LiDiTPipeline, name: str, spec, prefix_cach
     return h.hexdigest()
 
 
-def load_previous(build_dir: Path) -> Manifest | None:
-    from lidit_runtime.manifest import load_manifest
-
-    try:
-        return load_manifest(build_dir, check_files=False)
-    except ArtifactError:  # no or unreadable manifest: everything is redone
-        return None
-
-
 def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapeProfile | None = None,
                  prefix_cache: bool = True, pipe: LiDiTPipeline | None = None, progress=print,
-                 quantized: dict | None = None, precision: str = "fp32") -> Manifest:
+                 quantized: dict | None = None, precision: str = "fp32", folder: BuildFolder | None = None) -> Manifest:
     """Export every component. prefix_cache (default on) bakes each LLM's constant prefix into its
     encoder graph, which then runs the caption tokens only. quantized: component -> Calibrated
-    (from quant.calibrate) exported as `precision` Q/DQ graphs in place of the FP32 ones."""
+    (from quant.calibrate) exported as `precision` Q/DQ graphs in place of the FP32 ones.
+    folder: an open BuildFolder of a larger build, which commits the manifest itself; without it the
+    folder is locked here and the manifest committed at the end."""
+    if folder is None:
+        with BuildFolder(build_dir) as own:
+            manifest = export_model(model_dir, build_dir, profile, prefix_cache, pipe, progress, quantized, precision, own)
+            own.commit(manifest)
+            return manifest
     quantized = quantized or {}
     model_dir, build_dir = Path(model_dir), Path(build_dir)
     pipe = pipe or LiDiTPipeline.from_pretrained(model_dir)
     config = pipe.config
     specs = graph_specs(config, profile, prefix_cache)
-    old_manifest = load_previous(build_dir)
-    previous = old_manifest.components if old_manifest else {}
     opt = [specs["refiner"].dims[f"text_len_{i}"][1] for i in range(len(config.encoders))]
     latent = specs["dit"].dims["latent_height"][1]
     sample = component_inputs(pipe, batch=2, text_lengths=opt, latent_hw=(latent, latent))
@@ -103,31 +99,36 @@ def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapePro
             key = hashlib.sha256(f"{key}:{precision}:{quantized[name].key}".encode()).hexdigest()
         elif half:
             key = hashlib.sha256(f"{key}:{precision}".encode()).hexdigest()
-        file = f"onnx/{name}.onnx"
-        old = previous.get(name)
-        if old and old.input_key == key and (build_dir / file).exists() and file_sha256(build_dir / file) == old.sha256:
+        old = folder.reusable_component(name, key)
+        if old is not None:
             progress(f"  {name} ({graph_precision}): up to date")
             records[name] = old
             continue
         progress(f"  {name} ({graph_precision}): exporting ...")
+        file = f"onnx/{name}-{key[:16]}.onnx"  # named after its key: the graph of the build in place stays
         digest = export_graph(modules[name], spec, sample[name], build_dir / file, precision=graph_precision)
         check_exported_io(build_dir / file, spec)
+        data = build_dir / (file + ".data")
         records[name] = ComponentRecord(
             name=name, file=file, sha256=digest, precision=graph_precision,
             # Q/DQ graphs run at ORT_ENABLE_BASIC: CPU INT8 is inexact at higher levels on AVX2-only CPUs.
             ort_optimization="basic" if name in quantized or half else "all",
             inputs=[asdict(t) for t in spec.inputs], outputs=[asdict(t) for t in spec.outputs],
-            dims={k: list(v) for k, v in spec.dims.items()}, derived_dims=spec.derived_dims, input_key=key)
-    tokenizer_files = copy_tokenizers(pipe, build_dir)
+            dims={k: list(v) for k, v in spec.dims.items()}, derived_dims=spec.derived_dims, input_key=key,
+            data_file=file + ".data" if data.exists() else None,
+            data_sha256=file_sha256(data) if data.exists() else None)
+        folder.add_component(records[name])
+    tokenizers = copy_tokenizers(pipe, build_dir)
+    previous = folder.previous.engines if folder.previous else {}
     manifest = Manifest(
         format=FORMAT, model_name=config.name, latent_channels=config.vae.latent_channels,
         vae_scale_factor=config.vae.scale_factor, patch_size=config.transformer.patch_size,
         default_height=config.default_height, default_width=config.default_width,
         scheduler=asdict(config.scheduler),
-        encoders=[EncoderRecord(f, e.prefix_text, e.suffix_text, e.caption_separator, e.max_length, e.pad_token_id,
-                                prefixes[i], prefix_cache)
-                  for i, (f, e) in enumerate(zip(tokenizer_files, config.encoders))],
+        encoders=[EncoderRecord(f, digest, e.prefix_text, e.suffix_text, e.caption_separator, e.max_length,
+                                e.pad_token_id, prefixes[i], prefix_cache)
+                  for i, ((f, digest), e) in enumerate(zip(tokenizers, config.encoders))],
         components=records, tool_versions=tool_versions(),
-        engines=old_manifest.engines if old_manifest else {})  # the engine stage decides which are still valid
-    atomic_write_text(build_dir / MANIFEST, manifest.to_json())
+        # engines of graphs that did not change stay; the engine stage decides which are still valid
+        engines={n: e for n, e in previous.items() if n in records and e.onnx_sha256 == records[n].sha256})
     return manifest

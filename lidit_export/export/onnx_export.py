@@ -7,8 +7,8 @@ exported directly, because raising the opset afterwards breaks ReduceMean.
 """
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -141,11 +141,20 @@ def check_exported_io(file: Path, spec: GraphSpec) -> None:
         raise ArtifactError(f"{file} has I/O {names}, expected {expected}; re-run `lidit-export export`")
 
 
-def copy_tokenizers(pipe, out_dir: Path) -> list[str]:
+def copy_tokenizers(pipe, out_dir: Path) -> list[tuple[str, str]]:
+    """Each LLM's tokenizer.json into BUILD/tokenizers under a name that carries its hash: (path, sha256)."""
+    from lidit_runtime.manifest import build_file
+
+    from ..artifacts import atomic_write_bytes
+
     files = []
     for i, enc in enumerate(pipe.config.encoders):
-        rel = f"tokenizers/llm_{i}.json"
-        (out_dir / "tokenizers").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(pipe.path / enc.path / "tokenizer.json", out_dir / rel)
-        files.append(rel)
+        source = build_file(pipe.path, f"{enc.path}/tokenizer.json", f"tokenizer of LLM {i}", "model_index.json",
+                            "restore the model folder")
+        data = source.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        rel = f"tokenizers/llm_{i}-{digest[:16]}.json"
+        if not (out_dir / rel).is_file() or file_sha256(out_dir / rel) != digest:
+            atomic_write_bytes(out_dir / rel, data)
+        files.append((rel, digest))
     return files
