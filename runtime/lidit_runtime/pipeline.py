@@ -1,6 +1,11 @@
 """The one place that decides the order of stages and applies the sampler, for every backend."""
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
+import numbers
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -8,9 +13,16 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .backends.base import Backend
-from .errors import ShapeError
-from .sampler import Sampler, SchedulerConfig, make_plan
+from .errors import ConfigError, NonFiniteError, ShapeError
+from .sampler import MAX_CFG, Sampler, SchedulerConfig, make_plan
 from .tokenize import PromptTokenizer
+
+log = logging.getLogger(__name__)
+
+# Caps on one request, checked before anything is allocated.
+MAX_STEPS = 1000
+MAX_PROMPT_CHARS = 20_000  # far past any encoder's max_length (captions are truncated to it in tokens)
+MAX_SEED = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,78 @@ class GenerateRequest:
     seed: int = 0
     height: int = 256
     width: int = 256
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What a build was exported for: prompts per call and latent side range (cells) of its graphs."""
+
+    max_batch: int | None  # None: unchecked (the PyTorch reference has no graphs to outgrow)
+    min_latent: int
+    max_latent: int
+
+    @classmethod
+    def from_dims(cls, dit_dims: dict, vae_dims: dict) -> "RequestLimits":
+        """From the DiT's and VAE decoder's [min, opt, max] dims (the decoder takes one row per prompt)."""
+        heights, widths = dit_dims["latent_height"], dit_dims["latent_width"]
+        return cls(vae_dims["batch"][2], max(heights[0], widths[0]), min(heights[2], widths[2]))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def check_request(request: GenerateRequest, geometry: LatentGeometry, scheduler: SchedulerConfig,
+                  limits: RequestLimits | None, warned: set | None = None) -> tuple[int, int, int, int]:
+    """Refuse what cannot be drawn right, before anything is allocated; returns the latent shape.
+
+    Beyond the build's largest size is refused (the graphs were never exported for it: re-export with a
+    larger --max-image); below its smallest is allowed with a warning (the graphs take any size and
+    small images are cheap, but no profile or parity check covered them)."""
+    prompts = request.prompts
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+        raise ConfigError(f"prompts must be a list of strings, got {type(prompts).__name__}")
+    if not prompts:
+        raise ConfigError("no prompt given: pass at least one prompt")
+    for what, text in [*(("prompt", p) for p in prompts), ("negative prompt", request.negative_prompt)]:
+        if not isinstance(text, str):
+            raise ConfigError(f"each {what} must be a string, got {type(text).__name__}")
+        if len(text) > MAX_PROMPT_CHARS:
+            raise ConfigError(f"{what} of {len(text)} characters is over the {MAX_PROMPT_CHARS} allowed; shorten it "
+                              "(encoders read at most max_length tokens anyway)")
+    top = min(MAX_STEPS, scheduler.num_train_timesteps)
+    if not _is_int(request.steps) or not 1 <= request.steps <= top:
+        raise ConfigError(f"steps={request.steps!r} must be an integer between 1 and {top}")
+    cfg = request.cfg
+    if not isinstance(cfg, numbers.Real) or isinstance(cfg, bool) or not math.isfinite(cfg) or not 0 <= cfg <= MAX_CFG:
+        raise ConfigError(f"cfg={cfg!r} must be a finite number between 0 and {MAX_CFG:g} (1 disables guidance)")
+    if not _is_int(request.seed) or not 0 <= request.seed <= MAX_SEED:
+        raise ConfigError(f"seed={request.seed!r} must be an integer between 0 and 2**64 - 1")
+    for name in ("height", "width"):
+        if not _is_int(getattr(request, name)):
+            raise ConfigError(f"{name}={getattr(request, name)!r} must be an integer number of pixels")
+    shape = geometry.latent_shape(len(prompts), int(request.height), int(request.width))
+    if limits is not None:
+        if limits.max_batch is not None and len(prompts) > limits.max_batch:
+            raise ShapeError(f"{len(prompts)} prompts in one call; this build takes at most {limits.max_batch} "
+                             "(split the request, or re-export with a larger --max-batch)")
+        f = geometry.vae_scale_factor
+        if max(shape[2:]) > limits.max_latent:
+            raise ShapeError(f"resolution {request.height}x{request.width} is over the largest side this build was "
+                             f"exported for ({limits.max_latent * f} px); re-export with --max-image "
+                             f"{max(request.height, request.width)}")
+        if min(shape[2:]) < limits.min_latent and warned is not None and shape[2:] not in warned:
+            warned.add(shape[2:])
+            log.warning("resolution %dx%d is below this build's smallest validated side of %d px: it runs, but no "
+                        "profile or parity check covered it", request.height, request.width, limits.min_latent * f)
+    return shape
+
+
+def check_finite(backend: Backend, array, stage: str) -> None:
+    """One reduction per stage boundary: NaN or infinity never reaches an image silently."""
+    if not np.isfinite(array if isinstance(array, np.ndarray) else backend.to_numpy(array)).all():
+        raise NonFiniteError(f"{stage} produced NaN or infinite values; the build's weights may be damaged (verify "
+                             "or rebuild it) or the numbers left the precision's range (try --precision fp32)")
 
 
 @dataclass
@@ -98,9 +182,12 @@ def encode_conditions(backend: Backend, tokenizers: Sequence[PromptTokenizer], p
 
 def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry: LatentGeometry,
               scheduler: SchedulerConfig, request: GenerateRequest, *, keep_trajectory: bool = False,
-              on_step: Callable[[int, int], None] | None = None, uncond_cache: dict | None = None) -> GenerateResult:
+              on_step: Callable[[int, int], None] | None = None, uncond_cache: dict | None = None,
+              limits: RequestLimits | None = None, warned: set | None = None) -> GenerateResult:
     """Tokenize -> encoders -> per step (refiner + DiT + CFG + sampler update) -> VAE decoder.
 
+    The request is checked first (check_request; limits: the build's sizes); encoder outputs, final
+    latents and the image are checked for NaN / infinity, each failure naming its stage.
     uncond_cache: a dict kept by the caller across requests; the unconditional (negative prompt)
     encoder outputs are then computed once and reused (they never change). Without it, cond and
     uncond rows are encoded together as one 2B batch.
@@ -108,13 +195,15 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
     timings: dict[str, float] = {}
     clock = time.perf_counter
     t_start = clock()
+    shape = check_request(request, geometry, scheduler, limits, warned)
     batch = len(request.prompts)
-    shape = geometry.latent_shape(batch, request.height, request.width)
     plan = make_plan(scheduler, request.steps)
     guided = request.cfg != 1.0
 
     hidden, masks, pooled = encode_conditions(backend, tokenizers, list(request.prompts),
                                               request.negative_prompt if guided else None, uncond_cache)
+    for index, p in enumerate(pooled):  # a NaN anywhere in an encoder's states reaches its masked mean
+        check_finite(backend, p, f"encoder {index}")
     pooled_all = backend.concat(pooled, axis=-1)
     backend.synchronize()
     timings["encode"] = clock() - t_start
@@ -178,15 +267,23 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
         timings["refine"] = t_refine
         timings["denoise"] = t_dit
 
+    check_finite(backend, x, "the denoising loop (refiner + DiT)")
     t0 = clock()
     image = backend.to_numpy(backend.decode_latents(x))
+    check_finite(backend, image, "the VAE decoder")
     timings["decode"] = clock() - t0
     timings["total"] = clock() - t_start
     return GenerateResult(to_uint8(image), backend.to_numpy(x), timings, trajectory)
 
 
 class Pipeline:
-    """A loaded build folder: `Pipeline.load(BUILD).generate("a red cat")`."""
+    """A loaded build folder: `Pipeline.load(BUILD).generate("a red cat")`.
+
+    Thread safety: `generate` may be called from many threads at once on one pipeline. Backends that
+    declare `thread_safe` (ONNX Runtime: its sessions are, and output buffers are kept per thread) run
+    the calls concurrently; the others (TensorRT: one stream, shared buffers, captured CUDA graphs) are
+    serialized by a lock inside the pipeline. Either way each call returns exactly what it would alone.
+    """
 
     def __init__(self, manifest, backend: Backend, tokenizers: Sequence[PromptTokenizer]):
         self.manifest = manifest
@@ -194,39 +291,49 @@ class Pipeline:
         self.tokenizers = list(tokenizers)
         self.geometry = LatentGeometry(manifest.latent_channels, manifest.vae_scale_factor, manifest.patch_size)
         self.scheduler = manifest.scheduler_config
+        self.limits = RequestLimits.from_dims(manifest.components["dit"].dims, manifest.components["vae_decoder"].dims)
         self.uncond_cache: dict = {}  # negative-prompt encoder outputs, computed once per pipeline
+        self._warned: set = set()  # sizes already warned about
+        self._lock = contextlib.nullcontext() if getattr(backend, "thread_safe", False) else threading.Lock()
 
     @classmethod
     def load(cls, build_dir, backend: str = "onnxruntime", providers: Sequence[str] | None = None,
              verify: bool = True, **backend_options) -> "Pipeline":
+        """Validate the manifest and (verify) hash every file it names before any backend is imported."""
         from pathlib import Path
 
-        from .errors import ConfigError
-        from .manifest import load_manifest
+        from .manifest import build_file, load_manifest
 
+        if backend not in ("onnxruntime", "tensorrt"):
+            raise ConfigError(f"backend={backend!r} is unknown; use 'onnxruntime' or 'tensorrt'")
         build_dir = Path(build_dir)
         manifest = load_manifest(build_dir, verify=verify)
+        tokenizers = [PromptTokenizer(build_file(build_dir, e.tokenizer_file, f"tokenizer of encoder {i}"), e.prefix_text,
+                                      e.suffix_text, e.max_length, e.pad_token_id, e.caption_separator,
+                                      prefix_length=e.prefix_length if e.prefix_cached else None)
+                      for i, e in enumerate(manifest.encoders)]
         if backend == "tensorrt":
             from .backends.tensorrt import TensorRTBackend
 
             runner = TensorRTBackend(build_dir, manifest, **backend_options)
-        elif backend == "onnxruntime":
+        else:
             from .backends.onnxruntime import OnnxRuntimeBackend
 
             runner = OnnxRuntimeBackend(build_dir, manifest, providers, **backend_options)
-        else:
-            raise ConfigError(f"backend={backend!r} is unknown; use 'onnxruntime' or 'tensorrt'")
-        tokenizers = [PromptTokenizer(build_dir / e.tokenizer_file, e.prefix_text, e.suffix_text, e.max_length,
-                                      e.pad_token_id, e.caption_separator) for e in manifest.encoders]
         return cls(manifest, runner, tokenizers)
 
     def generate(self, prompt: str | Sequence[str], negative_prompt: str | None = None, steps: int | None = None,
                  cfg: float | None = None, seed: int = 0, height: int | None = None, width: int | None = None,
                  keep_trajectory: bool = False, on_step=None) -> GenerateResult:
+        """None means the build's default; any other value is checked (check_request), 0 included."""
         request = GenerateRequest(
-            prompts=[prompt] if isinstance(prompt, str) else list(prompt),
-            negative_prompt=negative_prompt or "", steps=steps or self.scheduler.default_steps,
+            prompts=[prompt] if isinstance(prompt, str) else prompt,
+            negative_prompt="" if negative_prompt is None else negative_prompt,
+            steps=self.scheduler.default_steps if steps is None else steps,
             cfg=self.scheduler.default_cfg if cfg is None else cfg, seed=seed,
-            height=height or self.manifest.default_height, width=width or self.manifest.default_width)
-        return run_chain(self.backend, self.tokenizers, self.geometry, self.scheduler, request,
-                         keep_trajectory=keep_trajectory, on_step=on_step, uncond_cache=self.uncond_cache)
+            height=self.manifest.default_height if height is None else height,
+            width=self.manifest.default_width if width is None else width)
+        with self._lock:
+            return run_chain(self.backend, self.tokenizers, self.geometry, self.scheduler, request,
+                             keep_trajectory=keep_trajectory, on_step=on_step, uncond_cache=self.uncond_cache,
+                             limits=self.limits, warned=self._warned)

@@ -1,21 +1,26 @@
-"""ONNX Runtime backend: one session per graph; outputs land in buffers reused across steps."""
+"""ONNX Runtime backend: one session per graph; outputs land in buffers reused across steps.
+
+Safe to call from many threads: ONNX Runtime sessions are, and the reused output buffers are kept per
+thread, so concurrent requests never write into each other's arrays.
+"""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..errors import ArtifactError
-from ..manifest import Manifest
+from ..errors import ArtifactError, ConfigError
+from ..manifest import ORT_LEVELS, Manifest, build_file
 from .base import GraphStages
 
-_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-           "all": "ORT_ENABLE_ALL"}
+_LEVELS = dict(zip(ORT_LEVELS, ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")))
 
 
 class OnnxRuntimeBackend(GraphStages):
     name = "onnxruntime"
+    thread_safe = True
 
     def __init__(self, build_dir: str | Path, manifest: Manifest, providers: Sequence[str] | None = None,
                  optimization: str | None = None, threads: int | None = None):
@@ -23,6 +28,14 @@ class OnnxRuntimeBackend(GraphStages):
 
         self._ort = ort
         self.providers = list(providers or ["CPUExecutionProvider"])
+        missing = sorted(set(self.providers) - set(ort.get_available_providers()))
+        if missing:
+            raise ConfigError(f"execution provider {', '.join(missing)} is not in this ONNX Runtime (it has "
+                              f"{', '.join(ort.get_available_providers())}); install the ONNX Runtime build that has it")
+        if optimization is not None and optimization not in _LEVELS:
+            raise ConfigError(f"optimization={optimization!r} is unknown; use one of {', '.join(_LEVELS)}")
+        if threads is not None and (not isinstance(threads, int) or threads < 0):
+            raise ConfigError(f"threads={threads!r} must be an integer >= 0 (0: ONNX Runtime decides)")
         self.sessions = {}
         self.emulated_bf16: list[str] = []  # BF16 graphs this provider has no kernels for (see bf16_emulation)
         for name, record in manifest.components.items():
@@ -31,7 +44,7 @@ class OnnxRuntimeBackend(GraphStages):
             options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
             if threads:
                 options.intra_op_num_threads = threads
-            file = Path(build_dir) / record.file
+            file = build_file(build_dir, record.file, f"graph {name}")
             try:
                 self.sessions[name] = ort.InferenceSession(str(file), options, providers=self.providers)
             except Exception as e:  # ORT raises its own Fail/InvalidGraph types
@@ -40,9 +53,22 @@ class OnnxRuntimeBackend(GraphStages):
                                         "re-run `lidit-export export`") from None
                 self.sessions[name] = self._emulated_bf16_session(file, options)
                 self.emulated_bf16.append(name)
+            session = self.sessions[name]
+            io = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+            if io != ([t["name"] for t in record.inputs], [t["name"] for t in record.outputs]):
+                raise ArtifactError(f"graph {record.file} has inputs/outputs {io}, its manifest record says otherwise; "
+                                    "the build is inconsistent: rebuild it")
         self.output_names = {n: [o.name for o in s.get_outputs()] for n, s in self.sessions.items()}
         self.encoders = manifest.encoders
-        self._buffers: dict[tuple, list[np.ndarray]] = {}
+        self._local = threading.local()
+
+    @property
+    def _buffers(self) -> dict[tuple, list[np.ndarray]]:
+        """This thread's output buffers, per (graph, input shapes)."""
+        buffers = getattr(self._local, "buffers", None)
+        if buffers is None:
+            buffers = self._local.buffers = {}
+        return buffers
 
     def _emulated_bf16_session(self, file: Path, options):
         import tempfile
