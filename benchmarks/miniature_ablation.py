@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from environment import describe_environment  # noqa: E402
 
 from lidit_export.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+from lidit_export.model.pipeline import resolve_device  # noqa: E402
 from lidit_export.toy import train  # noqa: E402
 from lidit_export.toy.plots import loss_curves, prompt_grid  # noqa: E402
 from lidit_export.toy.scorer import KINDS, score_images  # noqa: E402
@@ -57,7 +58,7 @@ def main() -> int:
     llm = Path(args.llm) if args.llm else smollm2_folder()
     given = {k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None}
     settings = train.TrainSettings(**given, max_minutes=args.max_minutes).validate()
-    device = train._device(args.device)
+    device = resolve_device(args.device)
     variants = args.variants.split(",")
     if set(variants) - set(train.VARIANTS):
         raise SystemExit(f"unknown variant(s) {sorted(set(variants) - set(train.VARIANTS))}; choose from {list(train.VARIANTS)}")

@@ -4,11 +4,70 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from .errors import LiditError
+
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # what --out may end in
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (what was wrong, where to look) and exit 2, like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _int_in(lo: int, hi: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"{value} must be >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
+    return value
+
+
+_finite.__name__ = "number"
+POSITIVE, NON_NEGATIVE, SEED = _int_in(1), _int_in(0), _int_in(0, 2**64 - 1)
+
+
+def prepare_output(out: Path) -> str:
+    """Check where an image goes before any work is done: the format from the extension, a folder that
+    exists (created if missing) and takes a file. Returns the PIL format name."""
+    import tempfile
+
+    if out.is_dir():
+        raise LiditError(f"--out {out} is a folder; give a file name such as {out / 'image.png'}")
+    fmt = IMAGE_FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise LiditError(f"--out {out}: the extension {out.suffix or '(none)'!r} names no image format we write; "
+                         f"use one of {', '.join(IMAGE_FORMATS)}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise LiditError(f"--out {out}: cannot write into {out.parent} ({e.strerror}); choose a writable "
+                         "folder") from None
+    return fmt
 
 
 def _cmd_init(args) -> None:
@@ -21,6 +80,7 @@ def _cmd_init(args) -> None:
 def _cmd_generate(args) -> None:
     from tqdm import tqdm
 
+    fmt = prepare_output(Path(args.out))
     if args.backend == "torch":
         if not args.model:
             raise LiditError("--backend torch needs --model DIR (a model folder)")
@@ -35,11 +95,18 @@ def _cmd_generate(args) -> None:
 
         pipe = Pipeline.load(args.build, backend=args.backend)
         scheduler, height, width = pipe.scheduler, pipe.manifest.default_height, pipe.manifest.default_width
-    steps = args.steps or scheduler.default_steps
+    steps = scheduler.default_steps if args.steps is None else args.steps  # None is "default"; 0 is refused later
     kwargs = dict(steps=steps, cfg=scheduler.default_cfg if args.cfg is None else args.cfg, seed=args.seed,
-                  height=args.height or height, width=args.width or width)
-    with tqdm(total=steps, desc="denoising", unit="step", disable=args.quiet) as bar:
-        on_step = lambda i, n: bar.update(1)  # noqa: E731
+                  height=height if args.height is None else args.height,
+                  width=width if args.width is None else args.width)
+    bars = []  # the bar starts with the first step, so a refused request prints its error alone
+
+    def on_step(i, n):
+        if not bars:
+            bars.append(tqdm(total=n, desc="denoising", unit="step", disable=args.quiet))
+        bars[0].update(1)
+
+    try:
         if args.backend == "torch":
             from lidit_runtime.pipeline import GenerateRequest
 
@@ -47,13 +114,16 @@ def _cmd_generate(args) -> None:
             result = pipe.generate(request, on_step=on_step)
         else:
             result = pipe.generate(args.prompt, negative_prompt=args.negative_prompt, on_step=on_step, **kwargs)
-    _save_png(result.images[0], Path(args.out))
+    finally:
+        for bar in bars:
+            bar.close()
+    _save_image(result.images[0], Path(args.out), fmt)
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
     print(f"wrote {args.out} ({kwargs['width']}x{kwargs['height']}, {steps} steps, cfg {kwargs['cfg']}, "
           f"{args.backend}): {timings}")
 
 
-def _save_png(image, out: Path) -> None:
+def _save_image(image, out: Path, fmt: str) -> None:
     import io
 
     from PIL import Image
@@ -61,7 +131,7 @@ def _save_png(image, out: Path) -> None:
     from .artifacts import atomic_write_bytes
 
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
+    Image.fromarray(image).save(buf, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
     atomic_write_bytes(out, buf.getvalue())
 
 
@@ -119,7 +189,7 @@ def _cmd_calibrate(args) -> None:
     pipe = LiDiTPipeline.from_pretrained(args.model)
     sched = pipe.config.scheduler
     prompts = load_prompts(args.prompts, split="calibration", model_dir=args.model)[: args.num]
-    settings = CalibrationSettings(prompts, steps=args.steps or sched.default_steps, cfg=sched.default_cfg,
+    settings = CalibrationSettings(prompts, steps=sched.default_steps if args.steps is None else args.steps, cfg=sched.default_cfg,
                                    seed=args.seed, height=pipe.config.default_height, width=pipe.config.default_width)
     result = calibrate(pipe, args.model, QuantRecipe(args.precision, smoothquant_alpha=args.alpha), settings,
                        Path(args.out) / "calibration")
@@ -160,6 +230,7 @@ def _cmd_train(args) -> None:
     import torch
 
     from .artifacts import atomic_write_json
+    from .model.pipeline import resolve_device
     from .toy import train
 
     settings = train.TrainSettings(**{k: v for k, v in vars(args).items()
@@ -168,7 +239,7 @@ def _cmd_train(args) -> None:
     work = Path(args.work)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_dir = train.train_variant(work, llm, args.variant, settings, train._device(args.device))
+    model_dir = train.train_variant(work, llm, args.variant, settings, resolve_device(args.device))
     print(f"trained {args.variant}: model folder {model_dir}")
     if not args.no_eval:
         from .toy.scorer import KINDS
@@ -192,6 +263,9 @@ def _cmd_info(args) -> None:
     from .model.pipeline import INDEX
 
     folder = Path(args.model)
+    if not folder.is_dir():
+        raise LiditError(f"info takes a model folder; {folder} is {'a file' if folder.exists() else 'not there'} "
+                         "(create one with `lidit-export init --preset tiny --out DIR`)")
     config = PipelineConfig.from_json_file(folder / INDEX)
     summary = describe(config, folder, args.height, args.width, args.text_tokens)
     if args.json:
@@ -212,14 +286,14 @@ def _cmd_info(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lidit-export", description=__doc__)
+    parser = _Parser(prog="lidit-export", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("init", help="write a model folder from a preset (seeded random weights + real LLMs)")
     p.add_argument("--preset", required=True, help="mini (trained, SmolLM2) | tiny | smol | li-dit-1b | li-dit-10b")
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_init)
 
@@ -229,11 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--out", default="image.png")
-    p.add_argument("--steps", type=int, default=None, help="default: the scheduler config's")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale; 1 disables CFG")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--steps", type=POSITIVE, default=None, help="default: the scheduler config's")
+    p.add_argument("--cfg", type=_finite, default=None, help="guidance scale; 1 disables CFG")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--height", type=POSITIVE, default=None)
+    p.add_argument("--width", type=POSITIVE, default=None)
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
@@ -243,8 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="model folder -> one ONNX graph per component + manifest.json")
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True, help="build folder")
-    p.add_argument("--max-batch", type=int, default=4, help="prompts per call (CFG doubles it)")
-    p.add_argument("--max-image", type=int, default=None, help="largest image side (default 2x the model's)")
+    p.add_argument("--max-batch", type=POSITIVE, default=4, help="prompts per call (CFG doubles it)")
+    p.add_argument("--max-image", type=POSITIVE, default=None, help="largest image side (default 2x the model's)")
     p.add_argument("--no-prefix-cache", action="store_true",
                    help="export encoders that run the whole prompt (default: the constant prefix is baked in)")
     p.set_defaults(func=_cmd_export)
@@ -257,21 +331,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="auto", choices=["auto", "trt", "trt-rtx", "none"],
                    help="TensorRT engines: full TensorRT, TensorRT for RTX, whichever is installed, or none")
     p.add_argument("--compute-capability", default=None, help="engine GPU, e.g. 8.9 (default: this GPU; 8.9 for trt-rtx)")
-    p.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimization level 0-5")
-    p.add_argument("--workspace-gib", type=float, default=4.0)
+    p.add_argument("--opt-level", type=_int_in(0, 5), default=3, help="TensorRT builder optimization level 0-5")
+    p.add_argument("--workspace-gib", type=_finite, default=4.0)
     p.add_argument("--profile", action="append", help="engine profile override COMPONENT.DIM=MIN,OPT,MAX (repeatable)")
     p.add_argument("--refit", action="store_true", help="refittable engines")
     p.add_argument("--strip-weights", action="store_true", help="weightless engines (with --refit)")
     p.add_argument("--prompts", default=None, help="calibration prompts (.jsonl or one per line); default: the "
                    "model folder's prompts.jsonl, else the shipped set")
-    p.add_argument("--num", type=int, default=None, help="calibration prompts (default 128 for fp8, 64 for int8)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps while calibrating (default: production)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant alpha (int8)")
+    p.add_argument("--num", type=POSITIVE, default=None, help="calibration prompts (default 128 for fp8, 64 for int8)")
+    p.add_argument("--steps", type=POSITIVE, default=None, help="sampler steps while calibrating (default: production)")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--alpha", type=_finite, default=0.5, help="SmoothQuant alpha (int8)")
     p.add_argument("--exclude", action="append", help="also keep these layers in high precision: fnmatch pattern "
                    "on refiner/DiT layer names, e.g. 'blocks.0.mlp.*' (repeatable; see the report's sensitivity table)")
-    p.add_argument("--max-batch", type=int, default=4)
-    p.add_argument("--max-image", type=int, default=None)
+    p.add_argument("--max-batch", type=POSITIVE, default=4)
+    p.add_argument("--max-image", type=POSITIVE, default=None)
     p.add_argument("--no-prefix-cache", action="store_true")
     p.set_defaults(func=_cmd_build)
 
@@ -280,10 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="build folder (the cache goes to OUT/calibration)")
     p.add_argument("--precision", default="fp8", choices=["fp8", "int8"])
     p.add_argument("--prompts", default=None)
-    p.add_argument("--num", type=int, default=128)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--num", type=POSITIVE, default=128)
+    p.add_argument("--steps", type=POSITIVE, default=None)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--alpha", type=_finite, default=0.5)
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("parity", help="exported graphs vs the PyTorch reference: components, trajectory, image")
@@ -291,8 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build", required=True)
     p.add_argument("--report-dir", default=None, help="default: BUILD/parity")
     p.add_argument("--prompt", default="a red circle to the left of a blue square")
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=POSITIVE, default=8)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--polygraphy", action="store_true",
                    help="also write per-graph inputs + reference outputs for `polygraphy run` (printed)")
     p.set_defaults(func=_cmd_parity)
@@ -300,8 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="quality of a build: component errors, DiT layer sensitivity, held-out images")
     p.add_argument("--model", required=True)
     p.add_argument("--build", required=True)
-    p.add_argument("--num-eval", type=int, default=8, help="held-out evaluation prompts")
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--num-eval", type=POSITIVE, default=8, help="held-out evaluation prompts")
+    p.add_argument("--steps", type=POSITIVE, default=None)
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("train", help="train the miniature LI-DiT on the procedural world (or one ablation)")
@@ -309,30 +383,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", default="full", help="full | no-instruction | no-refiner | causal-refiner")
     p.add_argument("--llm", default=None, help="HF folder of the frozen LLM (default: SmolLM2-135M-Instruct)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
-    for name in ("scenes", "steps", "batch", "vae_steps", "vae_batch", "width", "depth", "heads", "pe_depth", "seed"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--threads", type=POSITIVE, default=None)
+    for name in ("scenes", "steps", "batch", "vae_steps", "vae_batch", "width", "depth", "heads", "pe_depth"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=POSITIVE, default=None)
+    p.add_argument("--seed", type=SEED, default=None)
+    p.add_argument("--lr", type=_finite, default=None)
     p.add_argument("--schedule", choices=("constant", "cosine"), default=None,
                    help="learning rate after warm-up (default cosine: decays to 10%% at --steps)")
     p.add_argument("--init", default=None, help="start from this model folder's refiner + DiT (e.g. models/mini)")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop training after this long (steps done are recorded)")
-    p.add_argument("--checkpoint-minutes", type=float, default=None,
+    p.add_argument("--max-minutes", type=_finite, default=None, help="stop training after this long (steps done are recorded)")
+    p.add_argument("--checkpoint-minutes", type=_finite, default=None,
                    help="write runs/<variant>/checkpoint.pt this often (default 5; 0: never); a rerun resumes from it")
     p.add_argument("--no-eval", action="store_true", help="skip scoring the 200 held-out captions")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("info", help="components, parameter counts, FLOPs per denoising step")
     p.add_argument("model", help="model folder")
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--text-tokens", type=int, default=128)
+    p.add_argument("--height", type=POSITIVE, default=None)
+    p.add_argument("--width", type=POSITIVE, default=None)
+    p.add_argument("--text-tokens", type=POSITIVE, default=128)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 on success; 2 with one line for anything the user can fix (bad flags, files, requests, an
+    unwritable disk); 130 on Ctrl-C; 1 with one line for the unexpected (-v prints its traceback)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
@@ -341,6 +418,21 @@ def main(argv: list[str] | None = None) -> int:
     except LiditError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permissions, a path under a file: the environment, not a bug
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot read or write{where}: {e.strerror or e}; check the path, its permissions and free disk "
+              "space", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; a rerun resumes what was finished", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.verbose:
+            traceback.print_exc()
+        message = str(e).splitlines()[0][:200] if str(e) else ""
+        print(f"error: unexpected {type(e).__name__}: {message} (a bug: rerun with -v for the traceback and report it)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

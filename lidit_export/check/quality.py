@@ -40,7 +40,7 @@ def quality_report(model_dir: str | Path, build_dir: str | Path, num_eval: int =
     pipe = LiDiTPipeline.from_pretrained(model_dir)
     runtime = Pipeline.load(build_dir)
     precision = runtime.manifest.components["dit"].precision
-    steps = steps or pipe.config.scheduler.default_steps
+    steps = pipe.config.scheduler.default_steps if steps is None else steps
     progress(f"quality report for a {precision} build: components ...")
     components = check_components(pipe, runtime, parity_shapes(runtime.manifest, pipe.config))
     summary = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ..config import PipelineConfig
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,13 @@ class ShapeProfile:
     max_image: int | None = None  # default: 2x the model's default resolution
     opt_text_tokens: int = 64  # caption tokens of a typical prompt
 
+    def validate(self) -> "ShapeProfile":
+        for name in ("max_batch", "min_image", "max_image", "opt_text_tokens"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name}={value!r} must be an integer >= 1 (--max-batch / --max-image)")
+        return self
+
 
 def refiner_input_names(index: int) -> tuple[str, str, str]:
     return f"hidden_{index}", f"attention_mask_{index}", f"pooled_{index}"
@@ -51,11 +59,14 @@ def refiner_input_names(index: int) -> tuple[str, str, str]:
 def graph_specs(config: PipelineConfig, profile: ShapeProfile | None = None,
                 prefix_cache: bool = False) -> dict[str, GraphSpec]:
     """prefix_cache: encoder graphs take caption(+suffix) tokens only and hold the prefix states."""
-    profile = profile or ShapeProfile()
+    profile = (profile or ShapeProfile()).validate()
     f = config.vae.scale_factor
     max_image = profile.max_image or 2 * max(config.default_height, config.default_width)
     opt_image = max(config.default_height, config.default_width)
     latent = (max(profile.min_image // f, config.transformer.patch_size), opt_image // f, max_image // f)
+    if not latent[0] <= latent[1] <= latent[2]:
+        raise ConfigError(f"--max-image {max_image} is below the model's default side {opt_image} (or the smallest, "
+                          f"{profile.min_image}); use --max-image {opt_image} or more")
     batch = (1, 2, 2 * profile.max_batch)
     C = config.vae.latent_channels
     specs: dict[str, GraphSpec] = {}

@@ -33,8 +33,8 @@ def _llm_params(folder: Path | None, enc, hf_config=None) -> tuple[int, int]:
 def describe(config: PipelineConfig, folder: Path | None = None, height: int | None = None,
              width: int | None = None, text_tokens: int = 128, hf_configs: list | None = None) -> dict:
     """A JSON-able summary: components, parameters, GFLOPs of one denoising step (refiner + DiT, batch 1)."""
-    height = height or config.default_height
-    width = width or config.default_width
+    height = config.default_height if height is None else height
+    width = config.default_width if width is None else width
     with torch.device("meta"):
         refiner, dit, vae = PromptRefiner(config.refiner), LiDiT(config.transformer), build_autoencoder(config.vae)
     llms = []

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..config import EncoderConfig
-from ..errors import ConfigError
+from ..errors import ArtifactError, ConfigError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SENTINEL = "\u2063LIDIT_CAPTION\u2063"
@@ -40,14 +40,32 @@ class LLMEncoder(nn.Module):
         from transformers import AutoConfig, AutoModel
         from transformers.utils import logging as hf_logging
 
-        hf_config = AutoConfig.from_pretrained(path)
+        path = Path(path)
+        if not path.is_dir():
+            raise ArtifactError(f"LLM folder {path} not found; the model folder is incomplete (re-create it)")
+        if not any(f.is_file() for f in path.glob("*.safetensors")):
+            raise ArtifactError(f"LLM folder {path} has no .safetensors weights (only safetensors are ever read, never "
+                                "pickles such as pytorch_model.bin); convert them with save_pretrained(safe_serialization=True)")
+        try:
+            hf_config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ArtifactError(f"LLM folder {path}: config.json cannot be read ({str(e).splitlines()[0][:150]}); "
+                                "restore it from the LLM's release") from None
+        seen = (getattr(hf_config, "num_hidden_layers", None), getattr(hf_config, "hidden_size", None))
+        if seen != (config.num_hidden_layers, config.hidden_size):
+            raise ArtifactError(f"LLM folder {path} has {seen[0]} blocks of width {seen[1]}, model_index.json says "
+                                f"{config.num_hidden_layers} of {config.hidden_size}: the index and the LLM do not match")
         truncate_config_(hf_config, config.blocks_needed)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # the dropped blocks and lm_head are reported as unused weights
         hf_logging.disable_progress_bar()
         try:
             model = AutoModel.from_pretrained(path, config=hf_config, dtype=_DTYPES[dtype or config.dtype],
-                                              attn_implementation=attn_implementation)
+                                              attn_implementation=attn_implementation, use_safetensors=True,
+                                              trust_remote_code=False)
+        except (OSError, ValueError, RuntimeError) as e:  # truncated / mismatched weights
+            raise ArtifactError(f"LLM folder {path}: the weights cannot be loaded ({str(e).splitlines()[0][:150]}); "
+                                "restore them from the LLM's release") from None
         finally:
             hf_logging.set_verbosity(verbosity)
             hf_logging.enable_progress_bar()

@@ -11,6 +11,7 @@ A model folder (diffusers `save_pretrained` in spirit; safetensors only, never p
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -18,12 +19,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from lidit_runtime.pipeline import GenerateRequest, GenerateResult, LatentGeometry, run_chain
+from lidit_runtime.manifest import build_file
+from lidit_runtime.pipeline import GenerateRequest, GenerateResult, LatentGeometry, RequestLimits, run_chain
 from lidit_runtime.tokenize import PromptTokenizer
 
 from ..artifacts import atomic_directory, atomic_write_text
 from ..config import PipelineConfig
-from ..errors import ArtifactError
+from ..errors import ArtifactError, ConfigError
 from .dit import LiDiT
 from .llm_encoder import _DTYPES, LLMEncoder
 from .refiner import PromptRefiner
@@ -34,21 +36,56 @@ WEIGHTS = {"refiner": "refiner/model.safetensors", "transformer": "transformer/m
            "vae": "vae/diffusion_pytorch_model.safetensors"}
 
 
+def resolve_device(name: str) -> torch.device:
+    """A torch device from a user's string, refused with a one-line error when torch cannot use it."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device {name!r} is not a device torch knows; use cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but torch sees no GPU; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: torch sees {torch.cuda.device_count()} GPU(s); use a smaller index")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name!r}: only cpu and cuda are supported")
+    return device
+
+
 def load_prompt_tokenizers(folder: str | Path, config: PipelineConfig) -> list[PromptTokenizer]:
     tokenizers = []
     for enc in config.encoders:
-        file = Path(folder) / enc.path / "tokenizer.json"
-        if not file.exists():
-            raise ArtifactError(f"{file} is missing; every LLM folder needs a fast tokenizer (tokenizer.json)")
+        if not (Path(folder) / enc.path / "tokenizer.json").exists():
+            raise ArtifactError(f"{Path(folder) / enc.path / 'tokenizer.json'} is missing; every LLM folder needs a fast "
+                                "tokenizer (tokenizer.json)")
+        file = model_file(Path(folder), f"{enc.path}/tokenizer.json", "tokenizer")
         tokenizers.append(PromptTokenizer(file, enc.prefix_text, enc.suffix_text, enc.max_length,
                                           enc.pad_token_id, enc.caption_separator))
     return tokenizers
 
 
-def load_weights(module: torch.nn.Module, file: Path) -> None:
-    if not file.exists():
-        raise ArtifactError(f"{file} is missing; the model folder is incomplete (re-create it with `lidit-export init`)")
-    state = load_file(str(file))
+def model_file(folder: Path, rel: str, what: str) -> Path:
+    """A file inside the model folder (a regular file there, links out refused), or a one-line error."""
+    return build_file(folder, rel, what, INDEX, "restore the model folder (or re-create it with `lidit-export init`)")
+
+
+def check_llm_folder(folder: Path, rel: str) -> Path:
+    """An LLM sub-folder: inside the model folder, and no file in it a link out of it."""
+    root, path = folder.resolve(), (folder / rel).resolve()
+    if root not in path.parents or not path.is_dir():
+        raise ArtifactError(f"LLM folder {rel} is missing from {folder} or leads out of it; restore the model folder")
+    for entry in path.iterdir():
+        if root not in entry.resolve().parents:
+            raise ArtifactError(f"{rel}/{entry.name} is a link out of the model folder; copy the file in instead")
+    return path
+
+
+def load_weights(module: torch.nn.Module, folder: Path, rel: str) -> None:
+    file = model_file(folder, rel, "weights")
+    try:
+        state = load_file(str(file))
+    except Exception as e:  # safetensors raises its own SafetensorError for truncated or foreign files
+        raise ArtifactError(f"{file} is not a readable safetensors file ({str(e).splitlines()[0][:120]}); restore it "
+                            "or re-create the model folder") from None
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ArtifactError(f"{file} does not fit the config: missing {list(missing)[:3]}, unexpected "
@@ -77,17 +114,20 @@ class LiDiTPipeline:
     def from_pretrained(cls, path: str | Path, device: str = "cpu", dtype: str | None = None) -> "LiDiTPipeline":
         """Load a model folder. dtype overrides every component (e.g. "bfloat16" for GPU baselines)."""
         path = Path(path)
-        if not (path / INDEX).exists():
+        if not path.is_dir() or not (path / INDEX).exists():
             raise ArtifactError(f"{path} is not a model folder ({INDEX} missing); create one with "
                                 "`lidit-export init --preset smol --out DIR`")
         config = PipelineConfig.from_json_file(path / INDEX)
-        encoders = [LLMEncoder.from_pretrained(path / e.path, e, dtype) for e in config.encoders]
+        resolve_device(device)  # before the weights are read
+        encoders = [LLMEncoder.from_pretrained(check_llm_folder(path, e.path), e, dtype) for e in config.encoders]
         refiner, transformer, autoencoder = build_modules(config)
-        load_weights(refiner, path / WEIGHTS["refiner"])
-        load_weights(transformer, path / WEIGHTS["transformer"])
-        load_weights(autoencoder, path / WEIGHTS["vae"])
+        load_weights(refiner, path, WEIGHTS["refiner"])
+        load_weights(transformer, path, WEIGHTS["transformer"])
+        load_weights(autoencoder, path, WEIGHTS["vae"])
+        dev = resolve_device(device)
+        if dtype is not None and dtype not in _DTYPES:
+            raise ConfigError(f"dtype={dtype!r} is unknown; use one of {sorted(_DTYPES)}")
         torch_dtype = _DTYPES[dtype or "float32"]
-        dev = torch.device(device)
         for m in (refiner, transformer, autoencoder):
             m.to(dev).eval().requires_grad_(False)
             if torch_dtype != torch.float32:  # diffusers warns on any dtype cast; skip the no-op one
@@ -107,8 +147,14 @@ class LiDiTPipeline:
 
     @torch.inference_mode()
     def generate(self, request: GenerateRequest, keep_trajectory: bool = False, on_step=None) -> GenerateResult:
+        """Through the shared chain, with the image sides capped like a build of this model exported with the
+        default profile (the batch is not: calibration and evaluation run larger ones)."""
+        from ..export.graph_spec import graph_specs
+
+        specs = graph_specs(self.config)
+        limits = replace(RequestLimits.from_dims(specs["dit"].dims, specs["vae_decoder"].dims), max_batch=None)
         return run_chain(TorchBackend(self), self.tokenizers, self.geometry, self.config.scheduler, request,
-                         keep_trajectory=keep_trajectory, on_step=on_step)
+                         keep_trajectory=keep_trajectory, on_step=on_step, limits=limits)
 
 
 def build_modules(config: PipelineConfig):

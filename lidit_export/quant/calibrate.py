@@ -181,8 +181,13 @@ def calibrate(pipe, model_dir: str | Path, recipe: QuantRecipe, settings: Calibr
     key = calibration_key(Path(model_dir), pipe, recipe, settings, plans)
     folder = Path(cache_dir) / f"{recipe.precision}-{key}"
     if use_cache and (folder / "calibration.json").exists():
-        progress(f"calibration {folder.name}: reused from cache")
-        return load_calibration(pipe, folder)
+        try:
+            cached = load_calibration(pipe, folder)
+            progress(f"calibration {folder.name}: reused from cache")
+            return cached
+        except Exception as e:  # damaged cache (truncated file, edited JSON): it is ours to redo, not the user's
+            progress(f"calibration {folder.name}: the cache is damaged ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0][:100] if str(e) else ''}); calibrating again")
 
     progress(f"calibration {folder.name}: {len(settings.prompts)} prompts x {settings.steps} steps, "
              f"{settings.height}x{settings.width}, cfg {settings.cfg}, seed {settings.seed}")

@@ -11,6 +11,7 @@ from ..errors import ArtifactError, ConfigError
 DEFAULT_PROMPTS = Path(__file__).resolve().parents[2] / "calibration" / "prompts.jsonl"
 MODEL_PROMPTS = "prompts.jsonl"  # optional, in a model folder
 SPLITS = ("calibration", "evaluation")
+MAX_PROMPT_FILE = 64 << 20
 
 
 def default_prompts(model_dir: str | Path | None = None) -> Path:
@@ -28,11 +29,29 @@ def load_prompts(path: str | Path | None = None, split: str | None = None,
         raise ConfigError(f"prompt split {split!r} is unknown; use one of {SPLITS}")
     if not path.exists():
         raise ArtifactError(f"prompt file {path} not found; pass --prompts FILE (one caption per line, or .jsonl)")
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if not path.is_file() or path.stat().st_size > MAX_PROMPT_FILE:  # never read a FIFO, device or folder
+        raise ArtifactError(f"prompt file {path} is not a regular file of at most {MAX_PROMPT_FILE >> 20} MB; pass "
+                            "--prompts FILE (one caption per line, or .jsonl)")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"prompt file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if path.suffix != ".jsonl":
-        return lines
-    rows = [json.loads(line) for line in lines]
-    texts = [r["text"] for r in rows if split is None or r.get("split") == split]
+        texts = [line for _, line in lines]
+    else:
+        texts = []
+        for n, line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ArtifactError(f"{path}:{n} is not valid JSON ({e.msg}); each line must be an object with a "
+                                    "\"text\" field") from None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise ArtifactError(f"{path}:{n} must be a JSON object with a string \"text\" field")
+            if split is None or row.get("split") == split:
+                texts.append(row["text"])
     if not texts:
-        raise ConfigError(f"{path} has no prompts in split {split!r}")
+        where = f" in split {split!r}" if split is not None and path.suffix == ".jsonl" else ""
+        raise ConfigError(f"{path} has no prompts{where}; pass --prompts FILE with at least one caption")
     return texts

@@ -90,7 +90,19 @@ class TrainSettings:
     checkpoint_minutes: float = 5.0  # write a resumable checkpoint this often (0: never)
 
     def validate(self) -> "TrainSettings":
-        if self.scenes < self.batch or self.steps < 1 or self.vae_steps < 1:
+        for name in ("scenes", "heldout", "vae_steps", "vae_batch", "steps", "batch", "warmup", "width", "depth",
+                     "heads", "pe_depth", "latent_channels", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
+        if self.seed < 0:
+            raise ConfigError(f"--seed {self.seed} must be >= 0")
+        finite = all(math.isfinite(v) for v in (self.lr, self.ema, self.cfg_dropout, self.checkpoint_minutes,
+                                                 self.max_minutes or 1.0))
+        if not finite or self.lr <= 0 or not 0 <= self.ema < 1 or not 0 <= self.cfg_dropout <= 1 \
+                or self.checkpoint_minutes < 0 or (self.max_minutes is not None and self.max_minutes <= 0):
+            raise ConfigError("--lr must be > 0, --max-minutes > 0 and --checkpoint-minutes >= 0 (finite numbers); "
+                              "ema in [0, 1), cfg_dropout in [0, 1]")
+        if self.scenes < self.batch:
             raise ConfigError(f"--scenes ({self.scenes}) must be >= --batch ({self.batch}) and steps >= 1")
         if self.width % self.heads or self.width % 32:
             raise ConfigError(f"--width {self.width} must be a multiple of 32 and of --heads {self.heads}")
@@ -110,12 +122,6 @@ class TrainSettings:
 
 MINI_VAE = dict(block_out_channels=[32, 64, 64], layers_per_block=1, norm_num_groups=32)
 SCHEDULER = SchedulerConfig(sampler="flow_euler", prediction="velocity", default_steps=20, default_cfg=4.0)
-
-
-def _device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but torch sees no GPU; use --device cpu")
-    return torch.device(name)
 
 
 def _autocast(device: torch.device):
@@ -487,7 +493,7 @@ def generate_images(model_dir: Path, captions: list[str], device: str, steps: in
     sch = pipe.config.scheduler
     images = []
     for i in range(0, len(captions), batch):
-        request = GenerateRequest(captions[i:i + batch], steps=steps or sch.default_steps,
+        request = GenerateRequest(captions[i:i + batch], steps=sch.default_steps if steps is None else steps,
                                   cfg=sch.default_cfg if cfg is None else cfg, seed=seed + i,
                                   height=pipe.config.default_height, width=pipe.config.default_width)
         images.append(pipe.generate(request).images)
