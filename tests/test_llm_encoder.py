@@ -1,7 +1,7 @@
 """The encoder equals HF hidden_states[-3], runs only the blocks it needs, and ignores right padding."""
 import torch
 
-from conftest import needs_smollm2
+from helpers import needs_smollm2
 
 
 def _check_against_hf(folder, pipe):

@@ -107,6 +107,6 @@ def test_missing_weights_are_reported(tiny_folder, tmp_path):
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_folder, copy)
-    (copy / WEIGHTS["transformer"]).unlink()
+    (copy / WEIGHTS["dit"]).unlink()
     with pytest.raises(ArtifactError, match="model.safetensors is missing"):
         LiDiTPipeline.from_pretrained(copy)

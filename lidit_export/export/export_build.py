@@ -13,12 +13,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lidit_runtime.manifest import FORMAT, ComponentRecord, EncoderRecord, Manifest, file_sha256
+from lidit_runtime.precision import Precision
 
 from .. import __version__
 from ..build_folder import BuildFolder
-from ..model.pipeline import WEIGHTS, LiDiTPipeline
+from ..components import Component, components, encoder
+from ..model.pipeline import LiDiTPipeline
 from .graph_spec import ShapeProfile, graph_specs
-from .graph_passes import HALF_TYPES
 from .onnx_export import OPSET, check_exported_io, component_inputs, component_modules, copy_tokenizers, export_graph
 
 
@@ -35,38 +36,21 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-HALF_COMPONENTS = ("refiner", "dit")  # what --precision fp16 / bf16 converts (encoders and VAE stay FP32)
-
-
-def _source_files(model_dir: Path, pipe: LiDiTPipeline, name: str) -> list[Path]:
-    if name.startswith("encoder_"):
-        folder = model_dir / pipe.config.encoders[int(name.split("_")[1])].path
-        return sorted(folder.glob("*.safetensors")) + [folder / "config.json"]
-    key = {"refiner": "refiner", "dit": "transformer", "vae_decoder": "vae"}[name]
-    return [model_dir / WEIGHTS[key]]
-
-
-def _component_config(config, name: str) -> dict:
-    """The part of the pipeline config a graph depends on (so a DiT change never re-exports encoders)."""
-    if name.startswith("encoder_"):
-        i = int(name.split("_")[1])
-        return {"encoder": asdict(config.encoders[i]), "prefix_length": config.refiner.prefix_lengths[i]}
-    return asdict({"refiner": config.refiner, "dit": config.transformer, "vae_decoder": config.vae}[name])
-
-
-def input_key(model_dir: Path, pipe: LiDiTPipeline, name: str, spec, prefix_cache: bool) -> str:
+def input_key(model_dir: Path, config, comp: Component, spec, prefix_cache: bool) -> str:
+    """Hash of everything a graph is made from: its part of the config, its spec, the exporter, its weights."""
     h = hashlib.sha256()
-    h.update(json.dumps({"config": _component_config(pipe.config, name), "spec": spec.to_dict(), "opset": OPSET,
+    h.update(json.dumps({"config": comp.config_slice(config), "spec": spec.to_dict(), "opset": OPSET,
                          "exporter": "torchscript", "lidit-export": __version__,
-                         "prefix_cache": prefix_cache and name.startswith("encoder_")}, sort_keys=True).encode())
-    for f in _source_files(model_dir, pipe, name):
+                         "prefix_cache": prefix_cache and comp.llm is not None}, sort_keys=True).encode())
+    for f in comp.source_files(model_dir, config):
         h.update(file_sha256(f).encode())
     return h.hexdigest()
 
 
 def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapeProfile | None = None,
                  prefix_cache: bool = True, pipe: LiDiTPipeline | None = None, progress=print,
-                 quantized: dict | None = None, precision: str = "fp32", folder: BuildFolder | None = None) -> Manifest:
+                 quantized: dict | None = None, precision: Precision = Precision.FP32,
+                 folder: BuildFolder | None = None) -> Manifest:
     """Export every component. prefix_cache (default on) bakes each LLM's constant prefix into its
     encoder graph, which then runs the caption tokens only. quantized: component -> Calibrated
     (from quant.calibrate) exported as `precision` Q/DQ graphs in place of the FP32 ones.
@@ -78,6 +62,7 @@ def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapePro
             own.commit(manifest)
             return manifest
     quantized = quantized or {}
+    precision = Precision(precision)
     model_dir, build_dir = Path(model_dir), Path(build_dir)
     pipe = pipe or LiDiTPipeline.from_pretrained(model_dir)
     config = pipe.config
@@ -89,12 +74,14 @@ def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapePro
     prefixes = config.refiner.prefix_lengths
     if prefix_cache:  # cached encoder graphs are traced on caption tokens only
         for i, p in enumerate(prefixes):
-            sample[f"encoder_{i}"] = {k: v[:, p:] for k, v in sample[f"encoder_{i}"].items()}
+            name = encoder(i).name
+            sample[name] = {k: v[:, p:] for k, v in sample[name].items()}
     records = {}
-    for name, spec in specs.items():
-        key = input_key(model_dir, pipe, name, spec, prefix_cache)
-        half = precision in HALF_TYPES and name in HALF_COMPONENTS
-        graph_precision = precision if name in quantized or half else "fp32"
+    for comp in components(config):
+        name, spec = comp.name, specs[comp.name]
+        key = input_key(model_dir, config, comp, spec, prefix_cache)
+        half = precision.policy.half and comp.half_convertible
+        graph_precision = precision if name in quantized or half else Precision.FP32
         if name in quantized:  # the calibration key covers the recipe, settings and weights
             key = hashlib.sha256(f"{key}:{precision}:{quantized[name].key}".encode()).hexdigest()
         elif half:
@@ -110,9 +97,8 @@ def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapePro
         check_exported_io(build_dir / file, spec)
         data = build_dir / (file + ".data")
         records[name] = ComponentRecord(
-            name=name, file=file, sha256=digest, precision=graph_precision,
-            # Q/DQ graphs run at ORT_ENABLE_BASIC: CPU INT8 is inexact at higher levels on AVX2-only CPUs.
-            ort_optimization="basic" if name in quantized or half else "all",
+            name=name, file=file, sha256=digest, precision=graph_precision.value,
+            ort_optimization=graph_precision.policy.ort_optimization,
             inputs=[asdict(t) for t in spec.inputs], outputs=[asdict(t) for t in spec.outputs],
             dims={k: list(v) for k, v in spec.dims.items()}, derived_dims=spec.derived_dims, input_key=key,
             data_file=file + ".data" if data.exists() else None,

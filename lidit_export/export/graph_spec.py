@@ -56,9 +56,17 @@ def refiner_input_names(index: int) -> tuple[str, str, str]:
     return f"hidden_{index}", f"attention_mask_{index}", f"pooled_{index}"
 
 
-def graph_specs(config: PipelineConfig, profile: ShapeProfile | None = None,
-                prefix_cache: bool = False) -> dict[str, GraphSpec]:
-    """prefix_cache: encoder graphs take caption(+suffix) tokens only and hold the prefix states."""
+@dataclass(frozen=True)
+class Ranges:
+    """The [min, opt, max] ranges every graph's dims are derived from."""
+
+    batch: tuple[int, int, int]  # rows per call: CFG doubles the prompts
+    latent: tuple[int, int, int]  # latent cells per side
+    text: dict  # text_len_<i> -> range, prefix included
+    context: tuple[int, int, int]  # refined tokens (prefixes dropped, branches concatenated)
+
+
+def shape_ranges(config: PipelineConfig, profile: ShapeProfile | None = None) -> Ranges:
     profile = (profile or ShapeProfile()).validate()
     f = config.vae.scale_factor
     max_image = profile.max_image or 2 * max(config.default_height, config.default_width)
@@ -67,41 +75,52 @@ def graph_specs(config: PipelineConfig, profile: ShapeProfile | None = None,
     if not latent[0] <= latent[1] <= latent[2]:
         raise ConfigError(f"--max-image {max_image} is below the model's default side {opt_image} (or the smallest, "
                           f"{profile.min_image}); use --max-image {opt_image} or more")
-    batch = (1, 2, 2 * profile.max_batch)
-    C = config.vae.latent_channels
-    specs: dict[str, GraphSpec] = {}
-    text_dims, context = {}, [0, 0, 0]
+    text, context = {}, [0, 0, 0]
     for i, enc in enumerate(config.encoders):
         prefix = config.refiner.prefix_lengths[i]
         suffix_min = 1  # at least one caption-or-suffix token follows the prefix
         dim = (prefix + suffix_min, min(prefix + profile.opt_text_tokens, enc.max_length), enc.max_length)
-        text, caption = f"text_len_{i}", f"caption_len_{i}"
-        text_dims[text] = dim
+        text[f"text_len_{i}"] = dim
         context = [c + d - prefix for c, d in zip(context, dim)]
-        token_dim = caption if prefix_cache else text
-        specs[f"encoder_{i}"] = GraphSpec(
-            f"encoder_{i}",
-            [TensorSpec("input_ids", "int64", ("batch", token_dim)),
-             TensorSpec("attention_mask", "int64", ("batch", token_dim))],
-            [TensorSpec("hidden", "float32", ("batch", text, enc.hidden_size)),
-             TensorSpec("pooled", "float32", ("batch", enc.hidden_size))],
-            {"batch": batch, token_dim: tuple(d - prefix for d in dim) if prefix_cache else dim},
-            {text: f"{caption} + {prefix}"} if prefix_cache else {})
-    refiner_inputs = [TensorSpec("timestep", "float32", ("batch",))]
+    return Ranges((1, 2, 2 * profile.max_batch), latent, text, tuple(context))
+
+
+def encoder_spec(config: PipelineConfig, ranges: Ranges, prefix_cache: bool, index: int) -> GraphSpec:
+    """LLM `index` up to the tapped block. prefix_cache: it takes caption(+suffix) tokens only and holds the
+    prefix states."""
+    enc, prefix = config.encoders[index], config.refiner.prefix_lengths[index]
+    text, caption = f"text_len_{index}", f"caption_len_{index}"
+    dim = ranges.text[text]
+    token_dim = caption if prefix_cache else text
+    return GraphSpec(
+        f"encoder_{index}",
+        [TensorSpec("input_ids", "int64", ("batch", token_dim)),
+         TensorSpec("attention_mask", "int64", ("batch", token_dim))],
+        [TensorSpec("hidden", "float32", ("batch", text, enc.hidden_size)),
+         TensorSpec("pooled", "float32", ("batch", enc.hidden_size))],
+        {"batch": ranges.batch, token_dim: tuple(d - prefix for d in dim) if prefix_cache else dim},
+        {text: f"{caption} + {prefix}"} if prefix_cache else {})
+
+
+def refiner_spec(config: PipelineConfig, ranges: Ranges, prefix_cache: bool) -> GraphSpec:
+    inputs = [TensorSpec("timestep", "float32", ("batch",))]
     for i, enc in enumerate(config.encoders):
         h, m, p = refiner_input_names(i)
-        refiner_inputs += [TensorSpec(h, "float32", ("batch", f"text_len_{i}", enc.hidden_size)),
-                           TensorSpec(m, "int64", ("batch", f"text_len_{i}")),
-                           TensorSpec(p, "float32", ("batch", enc.hidden_size))]
-    D = config.refiner.width
-    specs["refiner"] = GraphSpec(
-        "refiner", refiner_inputs,
-        [TensorSpec("context", "float32", ("batch", "context_len", D)),
+        inputs += [TensorSpec(h, "float32", ("batch", f"text_len_{i}", enc.hidden_size)),
+                   TensorSpec(m, "int64", ("batch", f"text_len_{i}")),
+                   TensorSpec(p, "float32", ("batch", enc.hidden_size))]
+    return GraphSpec(
+        "refiner", inputs,
+        [TensorSpec("context", "float32", ("batch", "context_len", config.refiner.width)),
          TensorSpec("context_mask", "int64", ("batch", "context_len"))],
-        {"batch": batch, **text_dims},
+        {"batch": ranges.batch, **ranges.text},
         {"context_len": " + ".join(f"(text_len_{i} - {config.refiner.prefix_lengths[i]})"
                                    for i in range(len(config.encoders)))})
-    specs["dit"] = GraphSpec(
+
+
+def dit_spec(config: PipelineConfig, ranges: Ranges, prefix_cache: bool) -> GraphSpec:
+    C, D = config.vae.latent_channels, config.refiner.width
+    return GraphSpec(
         "dit",
         [TensorSpec("latents", "float32", ("batch", C, "latent_height", "latent_width")),
          TensorSpec("timestep", "float32", ("batch",)),
@@ -109,13 +128,26 @@ def graph_specs(config: PipelineConfig, profile: ShapeProfile | None = None,
          TensorSpec("context_mask", "int64", ("batch", "context_len")),
          TensorSpec("pooled", "float32", ("batch", config.transformer.pooled_dim))],
         [TensorSpec("model_out", "float32", ("batch", C, "latent_height", "latent_width"))],
-        {"batch": batch, "context_len": tuple(context), "latent_height": latent, "latent_width": latent},
+        {"batch": ranges.batch, "context_len": ranges.context, "latent_height": ranges.latent,
+         "latent_width": ranges.latent},
         {"latent_height": f"multiple of {config.transformer.patch_size}",
          "latent_width": f"multiple of {config.transformer.patch_size}"})
-    specs["vae_decoder"] = GraphSpec(
+
+
+def vae_decoder_spec(config: PipelineConfig, ranges: Ranges, prefix_cache: bool) -> GraphSpec:
+    C, f = config.vae.latent_channels, config.vae.scale_factor
+    return GraphSpec(
         "vae_decoder",
         [TensorSpec("latents", "float32", ("batch", C, "latent_height", "latent_width"))],
         [TensorSpec("image", "float32", ("batch", 3, "image_height", "image_width"))],
-        {"batch": (1, 1, profile.max_batch), "latent_height": latent, "latent_width": latent},
+        {"batch": (1, 1, ranges.batch[2] // 2), "latent_height": ranges.latent, "latent_width": ranges.latent},
         {"image_height": f"{f} * latent_height", "image_width": f"{f} * latent_width"})
-    return specs
+
+
+def graph_specs(config: PipelineConfig, profile: ShapeProfile | None = None,
+                prefix_cache: bool = False) -> dict[str, GraphSpec]:
+    """Every component's spec, in the component table's order."""
+    from ..components import components
+
+    ranges = shape_ranges(config, profile)
+    return {c.name: c.spec(config, ranges, prefix_cache) for c in components(config)}

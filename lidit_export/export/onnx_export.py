@@ -1,7 +1,7 @@
 """Export each component to its own ONNX graph.
 
 Exporter: the TorchScript exporter (`dynamo=False`) at opset 19 for every component. Measured here
-(toolchain.md): a 135M LLM exports in ~13 s this way vs ~125 s with dynamo; and only this path turns
+on CPU: a 135M LLM exports in ~13 s this way vs ~125 s with dynamo; and only this path turns
 ModelOpt's INT8/FP8 fake-quant into Q/DQ nodes, which the quantized graphs will need. Opset 19 is
 exported directly, because raising the opset afterwards breaks ReduceMean.
 """
@@ -18,8 +18,11 @@ import torch
 from torch import nn
 
 from lidit_runtime.manifest import file_sha256
+from lidit_runtime.precision import Precision
+
+from ..components import encoder
 from ..errors import ArtifactError
-from .graph_passes import HALF_TYPES, convert_to_half, fold_weight_quantization, standardize_fp8_qdq, strip_activation_qdq
+from .graph_passes import convert_to_half, fold_weight_quantization, standardize_fp8_qdq, strip_activation_qdq
 from .graph_spec import GraphSpec, refiner_input_names
 
 OPSET = 19
@@ -46,7 +49,7 @@ def component_modules(pipe, prefix_cache: bool = False, replace: dict[str, nn.Mo
     from ..model.llm_encoder import PrefixCachedEncoder
 
     replace = replace or {}
-    modules = {f"encoder_{i}": PrefixCachedEncoder(enc, tok.prefix_ids) if prefix_cache else enc
+    modules = {encoder(i).name: PrefixCachedEncoder(enc, tok.prefix_ids) if prefix_cache else enc
                for i, (enc, tok) in enumerate(zip(pipe.encoders, pipe.tokenizers))}
     modules["refiner"] = RefinerGraph(replace.get("refiner", pipe.refiner), len(pipe.encoders))
     modules["dit"] = replace.get("dit", pipe.transformer)
@@ -72,7 +75,7 @@ def component_inputs(pipe, batch: int, text_lengths: list[int] | None, latent_hw
     pooled_all = []
     for i, (enc, tok) in enumerate(zip(pipe.encoders, pipe.tokenizers)):
         t = tok(captions, pad_to=None if text_lengths is None else text_lengths[i])
-        out[f"encoder_{i}"] = {"input_ids": t.input_ids, "attention_mask": t.attention_mask}
+        out[encoder(i).name] = {"input_ids": t.input_ids, "attention_mask": t.attention_mask}
         hidden, pooled = enc(torch.from_numpy(t.input_ids), torch.from_numpy(t.attention_mask))
         h, m, p = refiner_input_names(i)
         refiner_feeds.update({h: hidden.float().numpy(), m: t.attention_mask, p: pooled.float().numpy()})
@@ -92,11 +95,14 @@ def component_inputs(pipe, batch: int, text_lengths: list[int] | None, latent_hw
 
 
 def export_graph(module: nn.Module, spec: GraphSpec, sample: dict[str, np.ndarray], out_file: Path,
-                 external_data_threshold: int = EXTERNAL_DATA_THRESHOLD, precision: str = "fp32") -> str:
+                 external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+                 precision: Precision = Precision.FP32) -> str:
     """Trace `module` on `sample`, check it, and move it to `out_file` atomically. Returns its sha256.
-    Weights above `external_data_threshold` bytes go to `<file>.data` beside the graph. precision "fp16" /
-    "bf16" converts the traced FP32 graph; "int8-wo" keeps only the weight quantization of an INT8 graph."""
+    Weights above `external_data_threshold` bytes go to `<file>.data` beside the graph. A half precision
+    converts the traced FP32 graph; a weight-only one keeps only the weight quantization of its Q/DQ graph."""
     import onnx
+
+    policy = Precision(precision).policy
 
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -112,9 +118,9 @@ def export_graph(module: nn.Module, spec: GraphSpec, sample: dict[str, np.ndarra
         model = onnx.load(str(raw))  # pulls in any external data torch wrote beside it
         standardize_fp8_qdq(model)  # no-op unless ModelOpt FP8 quantizers were traced
         fold_weight_quantization(model)  # quantized weights stored as INT8 / FP8: ~4x smaller files
-        if precision == "int8-wo":
+        if policy.weight_only:
             strip_activation_qdq(model)
-        elif precision in HALF_TYPES:
+        elif policy.half:
             model = convert_to_half(model, precision)
         size = sum(t.ByteSize() for t in model.graph.initializer)
         staged = Path(tmp) / out_file.name

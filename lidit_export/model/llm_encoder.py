@@ -15,7 +15,7 @@ from torch import nn
 from ..config import EncoderConfig
 from ..errors import ArtifactError, ConfigError
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SENTINEL = "\u2063LIDIT_CAPTION\u2063"
 
 
@@ -60,7 +60,7 @@ class LLMEncoder(nn.Module):
         hf_logging.set_verbosity_error()  # the dropped blocks and lm_head are reported as unused weights
         hf_logging.disable_progress_bar()
         try:
-            model = AutoModel.from_pretrained(path, config=hf_config, dtype=_DTYPES[dtype or config.dtype],
+            model = AutoModel.from_pretrained(path, config=hf_config, dtype=TORCH_DTYPES[dtype or config.dtype],
                                               attn_implementation=attn_implementation, use_safetensors=True,
                                               trust_remote_code=False)
         except (OSError, ValueError, RuntimeError) as e:  # truncated / mismatched weights

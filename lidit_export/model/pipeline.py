@@ -20,20 +20,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lidit_runtime.manifest import build_file
-from lidit_runtime.pipeline import GenerateRequest, GenerateResult, LatentGeometry, RequestLimits, run_chain
+from lidit_runtime.pipeline import GenerateRequest, GenerateResult, LatentGeometry, RequestLimits, as_request, run_chain
 from lidit_runtime.tokenize import PromptTokenizer
 
 from ..artifacts import atomic_directory, atomic_write_text
+from ..components import WEIGHTS
 from ..config import PipelineConfig
 from ..errors import ArtifactError, ConfigError
 from .dit import LiDiT
-from .llm_encoder import _DTYPES, LLMEncoder
+from .llm_encoder import TORCH_DTYPES, LLMEncoder
 from .refiner import PromptRefiner
 from .vae import VAEDecoder, build_autoencoder
 
 INDEX = "model_index.json"
-WEIGHTS = {"refiner": "refiner/model.safetensors", "transformer": "transformer/model.safetensors",
-           "vae": "vae/diffusion_pytorch_model.safetensors"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -118,16 +117,15 @@ class LiDiTPipeline:
             raise ArtifactError(f"{path} is not a model folder ({INDEX} missing); create one with "
                                 "`lidit-export init --preset smol --out DIR`")
         config = PipelineConfig.from_json_file(path / INDEX)
-        resolve_device(device)  # before the weights are read
+        dev = resolve_device(device)  # device and dtype are checked before any weights are read
+        if dtype is not None and dtype not in TORCH_DTYPES:
+            raise ConfigError(f"dtype={dtype!r} is unknown; use one of {sorted(TORCH_DTYPES)}")
+        torch_dtype = TORCH_DTYPES[dtype or "float32"]
         encoders = [LLMEncoder.from_pretrained(check_llm_folder(path, e.path), e, dtype) for e in config.encoders]
         refiner, transformer, autoencoder = build_modules(config)
         load_weights(refiner, path, WEIGHTS["refiner"])
-        load_weights(transformer, path, WEIGHTS["transformer"])
-        load_weights(autoencoder, path, WEIGHTS["vae"])
-        dev = resolve_device(device)
-        if dtype is not None and dtype not in _DTYPES:
-            raise ConfigError(f"dtype={dtype!r} is unknown; use one of {sorted(_DTYPES)}")
-        torch_dtype = _DTYPES[dtype or "float32"]
+        load_weights(transformer, path, WEIGHTS["dit"])
+        load_weights(autoencoder, path, WEIGHTS["vae_decoder"])
         for m in (refiner, transformer, autoencoder):
             m.to(dev).eval().requires_grad_(False)
             if torch_dtype != torch.float32:  # diffusers warns on any dtype cast; skip the no-op one
@@ -146,14 +144,19 @@ class LiDiTPipeline:
         return out
 
     @torch.inference_mode()
-    def generate(self, request: GenerateRequest, keep_trajectory: bool = False, on_step=None) -> GenerateResult:
-        """Through the shared chain, with the image sides capped like a build of this model exported with the
-        default profile (the batch is not: calibration and evaluation run larger ones)."""
+    def generate(self, request: GenerateRequest | str | Sequence[str], *, keep_trajectory: bool = False,
+                 on_step=None, **fields) -> GenerateResult:
+        """Through the shared chain, like the runtime's Pipeline.generate, with the image sides capped like a
+        build of this model exported with the default profile (the batch is not: calibration and evaluation
+        run larger ones)."""
         from ..export.graph_spec import graph_specs
 
-        specs = graph_specs(self.config)
+        config = self.config
+        request = as_request(request, **fields).with_defaults(config.scheduler, config.default_height,
+                                                                config.default_width)
+        specs = graph_specs(config)
         limits = replace(RequestLimits.from_dims(specs["dit"].dims, specs["vae_decoder"].dims), max_batch=None)
-        return run_chain(TorchBackend(self), self.tokenizers, self.geometry, self.config.scheduler, request,
+        return run_chain(TorchBackend(self), self.tokenizers, self.geometry, config.scheduler, request,
                          keep_trajectory=keep_trajectory, on_step=on_step, limits=limits)
 
 
@@ -163,7 +166,7 @@ def build_modules(config: PipelineConfig):
 
 def save_components(folder: Path, config: PipelineConfig, refiner, transformer, autoencoder) -> None:
     """Refiner, DiT, VAE weights and the index into `folder` (the LLM sub-folders are written by the caller)."""
-    for key, module in (("refiner", refiner), ("transformer", transformer)):
+    for key, module in (("refiner", refiner), ("dit", transformer)):
         file = folder / WEIGHTS[key]
         file.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(file))

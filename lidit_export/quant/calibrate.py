@@ -20,13 +20,13 @@ from torch import nn
 
 from lidit_runtime.manifest import file_sha256
 from lidit_runtime.pipeline import GenerateRequest
+from lidit_runtime.precision import Precision
 
 from ..artifacts import atomic_directory
+from ..components import WEIGHTS, component
 from ..errors import ArtifactError, ConfigError
-from ..model.pipeline import WEIGHTS
 from .recipes import LayerPlan, QuantRecipe, modelopt, modelopt_config, plan_layers
 
-MODULE_ATTR = {"refiner": "refiner", "dit": "transformer"}
 
 
 @dataclass
@@ -67,7 +67,7 @@ def calibration_key(model_dir: Path, pipe, recipe: QuantRecipe, settings: Calibr
     h.update(json.dumps({"recipe": recipe.to_dict(), "settings": asdict(settings), "config": pipe.config.to_dict(),
                          "plans": {c: p.to_dict() for c, p in plans.items()},
                          "modelopt": md.version("nvidia-modelopt")}, sort_keys=True).encode())
-    files = [WEIGHTS["refiner"], WEIGHTS["transformer"]] + [f"{e.path}/model.safetensors" for e in pipe.config.encoders]
+    files = [WEIGHTS["refiner"], WEIGHTS["dit"]] + [f"{e.path}/model.safetensors" for e in pipe.config.encoders]
     for rel in files:
         path = Path(model_dir) / rel
         h.update(file_sha256(path).encode() if path.exists() else rel.encode())
@@ -75,7 +75,7 @@ def calibration_key(model_dir: Path, pipe, recipe: QuantRecipe, settings: Calibr
 
 
 def _plans(pipe, recipe: QuantRecipe) -> dict[str, LayerPlan]:
-    return {c: plan_layers(c, getattr(pipe, MODULE_ATTR[c]), recipe,
+    return {c: plan_layers(c, component(c).module(pipe), recipe,
                            pipe.config.transformer.depth if c == "dit" else None) for c in recipe.components}
 
 
@@ -83,7 +83,7 @@ def _run_sampler(pipe, modules: nn.ModuleDict, settings: CalibrationSettings, pr
     """The forward loop: the reference sampler with the observed components swapped in."""
     view = copy.copy(pipe)
     for c, module in modules.items():
-        setattr(view, MODULE_ATTR[c], module)
+        setattr(view, component(c).module_attr, module)
     prompts = settings.prompts
     for start in range(0, len(prompts), settings.batch):
         chunk = prompts[start: start + settings.batch]
@@ -145,7 +145,7 @@ def make_int8_exact_(module: nn.Module) -> int:
 def restore(pipe, recipe: QuantRecipe, plan: LayerPlan, state: dict[str, torch.Tensor]) -> nn.Module:
     """A fresh quantized copy of `plan.component` holding the calibrated `state` (no calibration run)."""
     mtq = modelopt()
-    module = copy.deepcopy(getattr(pipe, MODULE_ATTR[plan.component]))
+    module = copy.deepcopy(component(plan.component).module(pipe))
     module = mtq.quantize(module, modelopt_config(recipe, plan.quantized, calibrate=False, attention=plan.attention),
                           None)
     for key, value in state.items():  # quantizers create these buffers only once they hold a value
@@ -191,7 +191,7 @@ def calibrate(pipe, model_dir: str | Path, recipe: QuantRecipe, settings: Calibr
 
     progress(f"calibration {folder.name}: {len(settings.prompts)} prompts x {settings.steps} steps, "
              f"{settings.height}x{settings.width}, cfg {settings.cfg}, seed {settings.seed}")
-    modules = nn.ModuleDict({c: copy.deepcopy(getattr(pipe, MODULE_ATTR[c])) for c in recipe.components})
+    modules = nn.ModuleDict({c: copy.deepcopy(component(c).module(pipe)) for c in recipe.components})
     layers = [f"{c}.{layer}" for c, plan in plans.items() for layer in plan.quantized]
     attention = [f"{c}.{a}" for c, plan in plans.items() for a in plan.attention]
     torch.manual_seed(settings.seed)
@@ -199,9 +199,9 @@ def calibrate(pipe, model_dir: str | Path, recipe: QuantRecipe, settings: Calibr
         warnings.filterwarnings("ignore", message=".*not calibrated, skip smoothing")  # our excluded layers
         mtq.quantize(modules, modelopt_config(recipe, layers, attention=attention),
                      lambda m: _run_sampler(pipe, m, settings, progress))
-    if recipe.precision == "fp8" and recipe.fp8_pow2_scales:
+    if recipe.precision is Precision.FP8 and recipe.fp8_pow2_scales:
         round_fp8_scales_to_pow2_(modules)
-    if recipe.precision == "int8":
+    if recipe.precision is Precision.INT8:
         make_int8_exact_(modules)
     out = {c: QuantizedComponent(c, modules[c].eval(), plans[c], key, False, _quantizer_values(modules[c])) for c in plans}
     with atomic_directory(folder, overwrite=True) as tmp:

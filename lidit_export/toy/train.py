@@ -1,4 +1,4 @@
-"""Training the miniature LI-DiT on the procedural world (issue 4).
+"""Training the miniature LI-DiT on the procedural world.
 
 Stages, each written atomically under a work folder and skipped when already there (a killed run
 resumes at the stage it was in):
@@ -37,7 +37,8 @@ from lidit_runtime.pipeline import GenerateRequest
 from lidit_runtime.sampler import SchedulerConfig
 from lidit_runtime.tokenize import PromptTokenizer
 
-from ..artifacts import atomic_directory, atomic_write_json
+from ..artifacts import atomic_directory, atomic_path, atomic_write_json
+from ..components import WEIGHTS
 from ..config import DiTConfig, PipelineConfig, RefinerConfig, VAEConfig
 from ..errors import ConfigError
 from ..model.dit import LiDiT
@@ -138,9 +139,8 @@ def prepare_scenes(work: Path, s: TrainSettings) -> tuple[list[Scene], list[Scen
         data.mkdir(parents=True, exist_ok=True)
         write_scenes(heldout_file, sample_scenes(s.heldout, s.seed, "heldout"))
         scenes = sample_scenes(s.scenes, s.seed, "train")
-        tmp = train_file.with_suffix(".tmp")
-        write_scenes(tmp, scenes)
-        tmp.replace(train_file)
+        with atomic_path(train_file) as tmp:
+            write_scenes(tmp, scenes)
     return read_scenes(train_file), read_scenes(heldout_file)
 
 
@@ -209,9 +209,8 @@ def encode_latents(work: Path, images: torch.Tensor, device: torch.device) -> to
             for i in range(0, len(images), 1024):
                 x = images[i:i + 1024].float() / 127.5 - 1.0
                 parts.append(((ae.encode(x).latent_dist.mean.float() - shift) * scale).half().cpu())
-        tmp = file.with_suffix(".tmp")
-        save_file({"latents": torch.cat(parts).contiguous()}, str(tmp))
-        tmp.replace(file)
+        with atomic_path(file) as tmp:
+            save_file({"latents": torch.cat(parts).contiguous()}, str(tmp))
     return load_file(str(file))["latents"]
 
 
@@ -243,11 +242,10 @@ def encode_features(work: Path, llm: Path, scenes: list[Scene], instruction: boo
                 hidden[i:i + batch] = h[:, P:].half().cpu()
                 pooled[i:i + batch] = p.float().cpu()
                 lengths[i:i + batch] = mask.sum(1).cpu()
-        tmp = file.with_suffix(".tmp")
-        save_file({"hidden": hidden, "pooled": pooled, "lengths": lengths,
-                   "prefix": encoder.prefix_hidden[0].float().cpu()}, str(tmp),
-                  metadata={"captions": json.dumps(captions), "instruction": cfg.instruction})
-        tmp.replace(file)
+        with atomic_path(file) as tmp:
+            save_file({"hidden": hidden, "pooled": pooled, "lengths": lengths,
+                       "prefix": encoder.prefix_hidden[0].float().cpu()}, str(tmp),
+                      metadata={"captions": json.dumps(captions), "instruction": cfg.instruction})
     from safetensors import safe_open
 
     with safe_open(str(file), "pt") as f:
@@ -424,9 +422,7 @@ def _hardware(device: torch.device) -> str:
 
 def _load_init(folder: Path, refiner: torch.nn.Module, dit: torch.nn.Module) -> None:
     """Start from the refiner + DiT weights of another model folder (e.g. continue the shipped model)."""
-    from ..model.pipeline import WEIGHTS
-
-    for key, module in (("refiner", refiner), ("transformer", dit)):
+    for key, module in (("refiner", refiner), ("dit", dit)):
         state = {k: v.float() for k, v in load_file(str(folder / WEIGHTS[key])).items()}
         try:
             missing, unexpected = module.load_state_dict(state, strict=False)
@@ -458,10 +454,8 @@ class _Checkpoint:
                  "settings": json.dumps(self.settings), "params": [p.detach() for p in self.params],
                  "ema": self.ema, "optimizer": self.opt.state_dict(),
                  "generators": [gen.get_state() for gen in self.generators]}
-        tmp = self.file.with_suffix(".tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, tmp)
-        tmp.replace(self.file)
+        with atomic_path(self.file) as tmp:
+            torch.save(state, tmp)
         log.info("checkpoint at step %d: %s", step, self.file)
 
     def restore(self) -> tuple[int, list, float]:
@@ -516,8 +510,7 @@ def ground_truth(scenes: list[Scene]) -> np.ndarray:
 def package_weights(model_dir: Path, out: Path, dtype: torch.dtype = torch.float16) -> Path:
     """The trained parts of a model folder (no LLM), weights stored in `dtype`: what the repo ships."""
     with atomic_directory(out, overwrite=True) as tmp:
-        for rel in ("refiner/model.safetensors", "transformer/model.safetensors",
-                    "vae/diffusion_pytorch_model.safetensors"):
+        for rel in WEIGHTS.values():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             state = load_file(str(model_dir / rel))
             save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(tmp / rel))
