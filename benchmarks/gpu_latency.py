@@ -63,7 +63,7 @@ def tensorrt_rows(model: Path, precisions: list[str], request, warmup: int, repe
 
     if importlib.util.find_spec("tensorrt") is None:
         return {f"tensorrt_{p}": {"skipped": "full TensorRT is not installed on this machine"} for p in precisions}
-    from lidit_export.build.build_pipeline import BuildOptions, build_pipeline
+    from lidit_export.stages import BuildOptions, build_pipeline
     from lidit_export.engine.builder import EngineOptions
     from lidit_runtime.pipeline import Pipeline
 
@@ -74,22 +74,20 @@ def tensorrt_rows(model: Path, precisions: list[str], request, warmup: int, repe
         build_pipeline(model, build, BuildOptions(precision=precision, engines=EngineOptions(target="trt")),
                        progress=lambda *_: None)
         build_seconds = time.perf_counter() - t0
-        kwargs = dict(steps=request.steps, cfg=request.cfg, seed=request.seed, height=request.height,
-                      width=request.width)
         import cupy
 
         for graphs in (True, False):  # the denoising loop replayed as one CUDA graph, and launched stage by stage
             pipe = Pipeline.load(build, backend="tensorrt", cuda_graphs=graphs)
             for _ in range(max(warmup, 2)):  # the second call captures the graph
-                pipe.generate(list(request.prompts), **kwargs)
-            timings = [pipe.generate(list(request.prompts), **kwargs).timings for _ in range(repeats)]
+                pipe.generate(request)
+            timings = [pipe.generate(request).timings for _ in range(repeats)]
             pools = sum(g.pool.total_bytes() for g in pipe.backend._graphs.values())
             peak = cupy.get_default_memory_pool().total_bytes() + pipe.backend._scratch.nbytes + pools
             rows[f"tensorrt_{precision}" + ("" if graphs else "_no_cuda_graph")] = {
                 **_summarize(timings, peak), "build_seconds": build_seconds}
             del pipe
         profiled = Pipeline.load(build, backend="tensorrt", profile=True)
-        profiled.generate(list(request.prompts), **kwargs)
+        profiled.generate(request)
         rows[f"tensorrt_{precision}"]["engine_ms_per_image"] = profiled.backend.stage_ms
     return rows
 

@@ -59,7 +59,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7, help="captions: the model folder's evaluation split uses 7")
     args = ap.parse_args()
 
-    from lidit_export.build.build_pipeline import BuildOptions, build_pipeline
+    from lidit_export.stages import BuildOptions, build_pipeline
     from lidit_export.check.metrics import psnr, ssim
     from lidit_export.model.pipeline import GenerateRequest, LiDiTPipeline
     from lidit_export.toy.scenes import sample_scenes
@@ -93,7 +93,8 @@ def main() -> int:
         runtime = Pipeline.load(build)
 
         def fast(caption, seed, runtime=runtime):
-            return runtime.generate(caption, steps=steps, cfg=guidance, seed=seed, **size).images[0]
+            request = GenerateRequest([caption], steps=steps, cfg=guidance, seed=seed, **size)
+            return runtime.generate(request).images[0]
 
         images, seconds = run_images(fast, scenes, base_seed)
         checks = [score_image(img, sc) for img, sc in zip(images, scenes)]

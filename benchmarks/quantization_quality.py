@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from lidit_export.artifacts import atomic_write_text
-    from lidit_export.build.build_pipeline import BuildOptions, build_pipeline
+    from lidit_export.stages import BuildOptions, build_pipeline
     from lidit_export.check.quality import quality_report
     from lidit_export.config import PipelineConfig
     from lidit_export.model.pipeline import INDEX

@@ -10,6 +10,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from lidit_runtime.precision import Precision
+
 from .errors import LiditError
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # what --out may end in
@@ -80,6 +82,8 @@ def _cmd_init(args) -> None:
 def _cmd_generate(args) -> None:
     from tqdm import tqdm
 
+    from lidit_runtime.pipeline import GenerateRequest
+
     fmt = prepare_output(Path(args.out))
     if args.backend == "torch":
         if not args.model:
@@ -87,18 +91,15 @@ def _cmd_generate(args) -> None:
         from .model.pipeline import LiDiTPipeline
 
         pipe = LiDiTPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-        scheduler, height, width = pipe.config.scheduler, pipe.config.default_height, pipe.config.default_width
     else:
         if not args.build:
             raise LiditError(f"--backend {args.backend} needs --build DIR (from `lidit-export export`)")
         from lidit_runtime.pipeline import Pipeline
 
         pipe = Pipeline.load(args.build, backend=args.backend)
-        scheduler, height, width = pipe.scheduler, pipe.manifest.default_height, pipe.manifest.default_width
-    steps = scheduler.default_steps if args.steps is None else args.steps  # None is "default"; 0 is refused later
-    kwargs = dict(steps=steps, cfg=scheduler.default_cfg if args.cfg is None else args.cfg, seed=args.seed,
-                  height=height if args.height is None else args.height,
-                  width=width if args.width is None else args.width)
+    # None (a flag left out) means the model's default; the pipeline resolves and checks every field
+    request = GenerateRequest([args.prompt], negative_prompt=args.negative_prompt, steps=args.steps, cfg=args.cfg,
+                              seed=args.seed, height=args.height, width=args.width)
     bars = []  # the bar starts with the first step, so a refused request prints its error alone
 
     def on_step(i, n):
@@ -107,19 +108,14 @@ def _cmd_generate(args) -> None:
         bars[0].update(1)
 
     try:
-        if args.backend == "torch":
-            from lidit_runtime.pipeline import GenerateRequest
-
-            request = GenerateRequest(prompts=[args.prompt], negative_prompt=args.negative_prompt, **kwargs)
-            result = pipe.generate(request, on_step=on_step)
-        else:
-            result = pipe.generate(args.prompt, negative_prompt=args.negative_prompt, on_step=on_step, **kwargs)
+        result = pipe.generate(request, on_step=on_step)
     finally:
         for bar in bars:
             bar.close()
     _save_image(result.images[0], Path(args.out), fmt)
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
-    print(f"wrote {args.out} ({kwargs['width']}x{kwargs['height']}, {steps} steps, cfg {kwargs['cfg']}, "
+    drawn = result.request
+    print(f"wrote {args.out} ({drawn.width}x{drawn.height}, {drawn.steps} steps, cfg {drawn.cfg}, "
           f"{args.backend}): {timings}")
 
 
@@ -145,7 +141,7 @@ def _cmd_export(args) -> None:
 
 
 def _cmd_build(args) -> None:
-    from .build.build_pipeline import BuildOptions, build_pipeline
+    from .stages import BuildOptions, build_pipeline
     from .engine.builder import EngineOptions
     from .export.graph_spec import ShapeProfile
 
@@ -323,11 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="export encoders that run the whole prompt (default: the constant prefix is baked in)")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("build", help="every stage that is not up to date: export -> calibrate -> quantize")
+    p = sub.add_parser("build", help="every stage that is not up to date: calibrate -> export (Q/DQ graphs for "
+                       "quantized precisions) -> TensorRT engines")
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True, help="build folder")
-    p.add_argument("--precision", default="fp32",
-                   help="fp32 | fp16 | bf16 | fp8 | int8 | int8-wo (refiner + DiT; encoders and VAE stay fp32)")
+    p.add_argument("--precision", default="fp32", choices=[p.value for p in Precision],
+                   help="of the refiner and DiT (encoders and the VAE stay fp32); int8-wo: INT8 weights only")
     p.add_argument("--target", default="auto", choices=["auto", "trt", "trt-rtx", "none"],
                    help="TensorRT engines: full TensorRT, TensorRT for RTX, whichever is installed, or none")
     p.add_argument("--compute-capability", default=None, help="engine GPU, e.g. 8.9 (default: this GPU; 8.9 for trt-rtx)")
@@ -352,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="run the reference sampler over prompts; cache quantizer ranges")
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True, help="build folder (the cache goes to OUT/calibration)")
-    p.add_argument("--precision", default="fp8", choices=["fp8", "int8"])
+    p.add_argument("--precision", default="fp8", choices=[p.value for p in Precision.calibrated_ones()])
     p.add_argument("--prompts", default=None)
     p.add_argument("--num", type=POSITIVE, default=128)
     p.add_argument("--steps", type=POSITIVE, default=None)

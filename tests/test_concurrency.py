@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from lidit_export.cli import main
-from lidit_runtime.pipeline import Pipeline
+from lidit_runtime.pipeline import GenerateRequest, Pipeline
 
-REQUESTS = [dict(prompt=f"a {colour} {shape}", seed=seed, height=height, width=64, steps=3)
+REQUESTS = [GenerateRequest([f"a {colour} {shape}"], seed=seed, height=height, width=64, steps=3)
             for seed, (colour, shape, height) in enumerate(
                 [("red", "cat", 64), ("blue", "dog", 80), ("green", "bird", 64), ("yellow", "car", 96),
                  ("black", "tree", 64), ("white", "house", 80), ("pink", "boat", 64), ("grey", "star", 128)])]
@@ -20,7 +20,7 @@ REQUESTS = [dict(prompt=f"a {colour} {shape}", seed=seed, height=height, width=6
 
 def test_eight_threads_on_one_pipeline_give_exactly_the_serial_results(tiny_build):
     """8 threads x 5 rounds, each thread its own prompt, seed and size, all on one Pipeline at once."""
-    serial = [Pipeline.load(tiny_build).generate(**r) for r in REQUESTS]
+    serial = [Pipeline.load(tiny_build).generate(r) for r in REQUESTS]
     shared = Pipeline.load(tiny_build)
     barrier = threading.Barrier(len(REQUESTS))
     results: dict = {}
@@ -30,7 +30,7 @@ def test_eight_threads_on_one_pipeline_give_exactly_the_serial_results(tiny_buil
         try:
             for round_ in range(5):
                 barrier.wait()  # every round starts together, so the calls overlap
-                results[index, round_] = shared.generate(**REQUESTS[index])
+                results[index, round_] = shared.generate(REQUESTS[index])
         except Exception as e:  # reported below; a thread's exception would otherwise vanish
             errors.append(e)
 

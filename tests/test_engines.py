@@ -8,13 +8,13 @@ import shutil
 import numpy as np
 import pytest
 
-from lidit_export.build.build_pipeline import BuildOptions, build_pipeline
+from lidit_export.stages import BuildOptions, build_pipeline
 from lidit_export.engine.builder import EngineOptions, EngineRefused, EngineUnavailable
 from lidit_runtime.errors import ArtifactError
 from lidit_runtime.manifest import check_engines, load_manifest
 
-from conftest import needs_smollm2
-from build_files import graph_file
+from helpers import needs_smollm2
+from helpers import graph_file
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
                                 reason="TensorRT for RTX not installed: pip install tensorrt-rtx")

@@ -129,7 +129,7 @@ COMMANDS = [  # (args built from tiny folder M, build B, tmp T), expected messag
     (lambda M, B, T: ["build", "--model", M, "--out", T / "b", "--max-image", "0"], ["--max-image", "must be >= 1"]),
     (lambda M, B, T: ["build", "--model", M, "--out", T / "b", "--max-image", "16", "--target", "none"],
      ["--max-image 16 is below the model's default side 64"]),
-    (lambda M, B, T: ["build", "--model", M, "--out", T / "b", "--precision", "fp7"], ["--precision fp7 is unknown"]),
+    (lambda M, B, T: ["build", "--model", M, "--out", T / "b", "--precision", "fp7"], ["invalid choice: 'fp7'"]),
     (lambda M, B, T: ["build", "--model", M, "--out", T / "b", "--alpha", "nan"], ["--alpha", "finite"]),
     (lambda M, B, T: ["build", "--model", M, "--out", T / "b", "--precision", "int8", "--alpha", "2"],
      ["smoothquant_alpha=2.0 must lie in [0, 1]"]),
@@ -459,7 +459,7 @@ def test_api_refuses_bad_requests_with_our_error(tiny_runtime, kwargs, needle):
     kwargs = {"prompt": "a cat", "steps": 1, **kwargs}
     t0 = time.perf_counter()
     with pytest.raises(LiditError) as raised:
-        tiny_runtime.generate(**kwargs)
+        tiny_runtime.generate(kwargs.pop("prompt"), **kwargs)
     assert time.perf_counter() - t0 < 1.0
     assert needle in str(raised.value) and "\n" not in str(raised.value)
 

@@ -11,7 +11,7 @@ from PIL import Image
 from lidit_export.check.parity import THRESHOLDS, run_parity
 from lidit_export.cli import main
 from lidit_runtime.manifest import file_sha256, load_manifest
-from build_files import graph_file
+from helpers import graph_file
 
 
 def _assert_fp32_ladder(report, build):
@@ -37,11 +37,12 @@ def test_tiny_fp32_parity_ladder_passes_and_records_validated_shapes(tiny_folder
     report = run_parity(tiny_folder, tiny_build, steps=6)
     _assert_fp32_ladder(report, tiny_build)
     manifest = load_manifest(tiny_build)
+    validated = json.loads((tiny_build / "parity" / "parity.json").read_text())["validated_shapes"]
     dit = manifest.components["dit"]
     lat_min, _, lat_max = dit.dims["latent_height"]
-    heights = {s["latents"][2] for s in dit.validated_shapes}
+    heights = {s["latents"][2] for s in validated["dit"]}
     assert any(lat_min < h < lat_max for h in heights)  # a size strictly between min and max
-    text = {s["hidden_0"][1] for s in manifest.components["refiner"].validated_shapes}
+    text = {s["hidden_0"][1] for s in validated["refiner"]}
     lo, _, hi = manifest.components["refiner"].dims["text_len_0"]
     assert len(text) >= 3 and any(lo < t < hi for t in text)
 
@@ -100,7 +101,7 @@ def test_polygraphy_compares_every_graph_against_the_reference(tiny_folder, tiny
 # the FP32 sinusoid, fp16 was 1.4e-2 and bf16 1.9e-1.
 @pytest.mark.parametrize("precision,worst", [("fp16", 2e-3), ("bf16", 2e-2)])
 def test_half_graphs_pass_parity_and_keep_the_timestep_in_fp32(tiny_folder, tmp_path, precision, worst):
-    from lidit_export.build.build_pipeline import BuildOptions, build_pipeline
+    from lidit_export.stages import BuildOptions, build_pipeline
 
     build = tmp_path / precision
     manifest = build_pipeline(tiny_folder, build, BuildOptions(precision=precision, engines=None),

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from lidit_export.build.build_pipeline import BuildOptions
+from lidit_export.stages import BuildOptions
 from lidit_export.check.parity import THRESHOLDS
 from lidit_export.errors import ConfigError
 from lidit_export.export.graph_passes import count_quantized_layers
@@ -15,7 +15,7 @@ from lidit_export.export.onnx_export import component_inputs, component_modules
 from lidit_export.quant.calibrate import CalibrationSettings, calibrate
 from lidit_export.quant.prompts import load_prompts
 from lidit_export.quant.recipes import QuantRecipe, plan_layers
-from build_files import graph_file
+from helpers import graph_file
 
 pytest.importorskip("modelopt", reason="NVIDIA ModelOpt not installed: pip install nvidia-modelopt==0.47.0")
 SETTINGS = dict(steps=3, height=64, width=64, batch=2)
@@ -155,7 +155,7 @@ def test_qdq_graphs_are_faithful_to_modelopt_on_tiny(request, tiny_pipe, fixture
 
 @pytest.mark.parametrize("precision", ["fp8", "int8"])
 def test_qdq_graphs_are_faithful_to_modelopt_on_smol(smol_folder, tmp_path_factory, precision):
-    from conftest import quantized_build
+    from helpers import quantized_build
     from lidit_export.model.pipeline import LiDiTPipeline
 
     build = quantized_build(smol_folder, tmp_path_factory.mktemp("builds") / f"smol_{precision}", precision,

@@ -6,50 +6,24 @@ sampler (the shared chain); only the backend that executes the graphs differs.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lidit_runtime.manifest import MANIFEST, load_manifest
+from lidit_runtime.dependencies import require
+from lidit_runtime.manifest import load_manifest
 from lidit_runtime.pipeline import GenerateRequest, Pipeline
+from lidit_runtime.precision import Precision
 
 from ..artifacts import atomic_write_bytes, atomic_write_text
+from ..components import component
 from ..model.pipeline import LiDiTPipeline
 from .metrics import psnr, ssim, tensor_errors
 
-# One table of fixed thresholds per precision, against the FP32 PyTorch reference.
-# fp32: same math, same precision; only kernel summation order differs (measured <= 2.1e-6 rel L2).
-# fp8 / int8: quantized refiner + DiT. Measured on `smol` (benchmarks/results/quality_smol_*.json and
-# the parity ladder at 20 steps):
-#   fp8:  components <= 1.55e-1 rel L2 (the DiT with FP8 attention, at the ladder's off-distribution shapes
-#         and random inputs; 5.4e-2 without FP8 attention), per-step latent cosine >= 0.9962, held-out
-#         images >= 39.7 dB, SSIM 0.998
-#   int8: components <= 1.0e-2 rel L2, per-step latent cosine >= 0.99986, held-out images >= 52.2 dB, SSIM 0.9998
-# Revisited on the trained miniature `mini` (benchmarks/results/miniature_quantization.json, parity ladder):
-#   fp8:  components 3.3e-2, latent cosine 0.9928, parity image 29.6 dB / SSIM 0.963; 100 held-out captions
-#         35.0 dB mean, 20.6 dB min, yet 94.5% of the scorer's attribute verdicts agree with FP32's
-#   int8: components 1.4e-2, latent cosine 0.9939, parity image 31.7 dB / SSIM 0.961; held-out 43.2 dB mean,
-#         27.7 min, 97.2% agreement
-# A trained model's trajectories amplify small errors near its decisions (random weights do not), so the
-# step and image gates are set from the miniature: latent cosine 0.98, image 25 dB, SSIM 0.90 - a broken
-# graph gives < 15 dB. Component gates keep their margins (~1.6x fp8, 5x int8 over the worst seen).
-THRESHOLDS = {
-    "fp32": {"component_rel_l2": 1e-4, "step_cosine": 0.9999, "image_psnr_db": 40.0, "image_ssim": 0.99},
-    "fp8": {"component_rel_l2": 0.25, "step_cosine": 0.98, "image_psnr_db": 25.0, "image_ssim": 0.9},
-    "int8": {"component_rel_l2": 0.05, "step_cosine": 0.98, "image_psnr_db": 25.0, "image_ssim": 0.9},
-    # fp16 / bf16: refiner + DiT in half, timestep sinusoids and ops ONNX has no BF16 type for kept FP32.
-    # Measured (tiny random / trained mini): fp16 components 4.3e-4 / 3.6e-4, images 64.5 / 67.1 dB;
-    # bf16 components 6.8e-3 / 8.7e-3 (PyTorch's own BF16 refiner: 6.9e-3), tiny image 54.3 dB, mini 41.8 dB
-    # at the parity prompt, but its 20-step trajectories drift in BF16 on some held-out captions: 50.9 dB
-    # mean, 22.7 min over 100 (the previous mini weights: PyTorch's own BF16 autocast spread 27-48 dB).
-    # mini, fp8 / int8 at the parity prompt: 35.0 / 43.3 dB, trajectory cosine 0.9915 / 0.9972.
-    "fp16": {"component_rel_l2": 1e-2, "step_cosine": 0.9999, "image_psnr_db": 40.0, "image_ssim": 0.99},
-    "bf16": {"component_rel_l2": 5e-2, "step_cosine": 0.99, "image_psnr_db": 25.0, "image_ssim": 0.9},
-    # int8-wo on the miniature: components 6.7e-3, cosine 0.99966, parity image 45.5 dB, held-out 50.9 dB mean
-    "int8-wo": {"component_rel_l2": 0.05, "step_cosine": 0.999, "image_psnr_db": 40.0, "image_ssim": 0.99},
-}
+# The gates per precision live in the precision policy table (lidit_runtime.precision), each with its reason.
+THRESHOLDS = {p.value: asdict(p.policy.thresholds) for p in Precision}
 PIXEL_STD_FLOOR = 2.0  # a flat image means a dead pipeline, whatever it matches
 
 
@@ -89,8 +63,9 @@ def reference_case(modules: dict, manifest, name: str, inputs: dict[str, np.ndar
     prefix-cached encoder graph takes the caption tokens only."""
     expected = modules[name](*(torch.from_numpy(v) for v in inputs.values()))
     expected = expected if isinstance(expected, tuple) else (expected,)
-    if name.startswith("encoder_"):
-        inputs = manifest.encoders[int(name.split("_")[1])].encoder_inputs(**inputs)
+    llm = component(name).llm
+    if llm is not None:
+        inputs = manifest.encoders[llm].encoder_inputs(**inputs)
     return inputs, tuple(e.float().numpy() for e in expected)
 
 
@@ -134,12 +109,9 @@ def run_parity(model_dir: str | Path, build_dir: str | Path, out_dir: str | Path
     report.failures += [f"{r['component']}.{r['output']} at {r['inputs']}: rel_l2 {r['rel_l2']:.3g} > "
                         f"{r['limit']:.3g}" for r in report.components if not r["passed"]]
 
-    request = GenerateRequest([prompt], steps=steps, cfg=cfg, seed=seed,
-                              height=pipe.config.default_height if height is None else height,
-                              width=pipe.config.default_width if width is None else width)
+    request = GenerateRequest([prompt], steps=steps, cfg=cfg, seed=seed, height=height, width=width)
     ref = pipe.generate(request, keep_trajectory=True)
-    out = runtime.generate(prompt, steps=steps, cfg=cfg, seed=seed, height=request.height, width=request.width,
-                           keep_trajectory=True)
+    out = runtime.generate(request, keep_trajectory=True)
     cosines = [tensor_errors(a, r)["cosine"] for a, r in zip(out.trajectory, ref.trajectory)]
     report.trajectory = {"steps": steps, "cfg": cfg, "seed": seed, "cosine_per_step": cosines,
                          "min_cosine": min(cosines)}
@@ -151,7 +123,7 @@ def run_parity(model_dir: str | Path, build_dir: str | Path, out_dir: str | Path
     # PSNR of identical images is infinite; JSON has no infinity, so it is capped at 100 dB.
     report.image = {"psnr_db": min(psnr(a, r), 100.0), "ssim": ssim(a, r), "finite": bool(np.isfinite(out.latents).all()),
                     "pixel_std": float(a.std()), "reference_pixel_std": float(r.std()),
-                    "resolution": [request.height, request.width], "prompt": prompt}
+                    "resolution": [ref.request.height, ref.request.width], "prompt": prompt}
     if report.image["psnr_db"] < limits["image_psnr_db"]:
         report.failures.append(f"image PSNR {report.image['psnr_db']:.1f} dB < {limits['image_psnr_db']} dB")
     if report.image["ssim"] < limits["image_ssim"]:
@@ -161,8 +133,6 @@ def run_parity(model_dir: str | Path, build_dir: str | Path, out_dir: str | Path
                                f"{report.image['pixel_std']:.2f} (floor {PIXEL_STD_FLOOR})")
 
     write_report(report, out_dir, r, a)
-    if report.passed:
-        record_validated_shapes(build_dir, report)
     return report
 
 
@@ -171,7 +141,7 @@ def write_report(report: ParityReport, out_dir: Path, reference: np.ndarray, exp
 
     data = {"passed": report.passed, "precision": report.precision, "thresholds": report.thresholds,
             "failures": report.failures, "image": report.image, "trajectory": report.trajectory,
-            "components": report.components}
+            "components": report.components, "validated_shapes": validated_shapes(report)}
     atomic_write_text(out_dir / "parity.json", json.dumps(data, indent=2) + "\n")
     diff = np.abs(exported.astype(np.int16) - reference.astype(np.int16))
     diff = np.clip(diff * 10, 0, 255).astype(np.uint8)  # x10 so that small errors are visible
@@ -183,17 +153,13 @@ def write_report(report: ParityReport, out_dir: Path, reference: np.ndarray, exp
     atomic_write_bytes(out_dir / "parity.png", buf.getvalue())
 
 
-def record_validated_shapes(build_dir: Path, report: ParityReport) -> None:
-    """Store the shapes each graph was checked at in the manifest (what 'validated' means), under the build
-    folder's lock so that no build replaces the manifest meanwhile."""
-    from ..build_folder import BuildFolder
-
-    with BuildFolder(build_dir):
-        manifest = load_manifest(build_dir)
-        for name, record in manifest.components.items():
-            seen = {json.dumps(r["inputs"], sort_keys=True) for r in report.components if r["component"] == name}
-            record.validated_shapes = [json.loads(s) for s in sorted(seen)]
-        atomic_write_text(build_dir / MANIFEST, manifest.to_json())
+def validated_shapes(report: ParityReport) -> dict:
+    """component -> the input shapes its graph was checked at (what 'validated' means for a build). Parity
+    writes them to its own report: a check never rewrites the build it checks."""
+    shapes: dict = {}
+    for row in report.components:
+        shapes.setdefault(row["component"], set()).add(json.dumps(row["inputs"], sort_keys=True))
+    return {name: [json.loads(s) for s in sorted(seen)] for name, seen in shapes.items()}
 
 
 POLYGRAPHY_COMMAND = ("polygraphy run {graph} --onnxrt --load-inputs {inputs} --load-outputs {reference} "
@@ -204,13 +170,10 @@ POLYGRAPHY_COMMAND = ("polygraphy run {graph} --onnxrt --load-inputs {inputs} --
 def dump_polygraphy(model_dir: str | Path, build_dir: str | Path, out_dir: str | Path | None = None) -> list[str]:
     """Write each graph's inputs and PyTorch reference outputs in polygraphy's formats; returns the
     `polygraphy run` commands that compare ONNX Runtime (add --trt for TensorRT) against them."""
-    try:
-        from polygraphy.comparator import IterationResult, RunResults
-        from polygraphy.json import save_json
-    except ImportError:
-        from ..errors import LiditError
+    require("polygraphy", "parity --polygraphy")
+    from polygraphy.comparator import IterationResult, RunResults
+    from polygraphy.json import save_json
 
-        raise LiditError("polygraphy is not installed; run `pip install polygraphy` (or install the [dev] extra)") from None
     from ..export.onnx_export import component_inputs, component_modules
 
     build_dir = Path(build_dir)

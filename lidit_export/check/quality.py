@@ -4,27 +4,27 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from lidit_runtime.pipeline import GenerateRequest, Pipeline
+from lidit_runtime.precision import Precision
 
 from ..artifacts import atomic_write_bytes, atomic_write_text
 from ..model.pipeline import LiDiTPipeline
 from ..quant.prompts import load_prompts
 from .metrics import psnr, ssim
-from .parity import THRESHOLDS, check_components, parity_shapes
+from .parity import check_components, parity_shapes
 
 
 def evaluate_images(pipe: LiDiTPipeline, runtime: Pipeline, prompts: list[str], steps: int, seed: int):
     rows, pairs = [], []
     for i, prompt in enumerate(prompts):
-        request = GenerateRequest([prompt], steps=steps, seed=seed + i, cfg=pipe.config.scheduler.default_cfg,
-                                  height=pipe.config.default_height, width=pipe.config.default_width)
+        request = GenerateRequest([prompt], steps=steps, seed=seed + i)  # the model's cfg and size
         ref = pipe.generate(request).images[0]
-        out = runtime.generate(prompt, steps=steps, seed=seed + i, cfg=request.cfg, height=request.height,
-                               width=request.width).images[0]
+        out = runtime.generate(request).images[0]
         rows.append({"prompt": prompt, "psnr_db": min(psnr(out, ref), 100.0), "ssim": ssim(out, ref),
                      "pixel_std": float(out.std())})
         pairs.append((ref, out))
@@ -53,14 +53,14 @@ def quality_report(model_dir: str | Path, build_dir: str | Path, num_eval: int =
     prompts = load_prompts(split="evaluation", model_dir=model_dir)[:num_eval]
     images, pairs = evaluate_images(pipe, runtime, prompts, steps, seed)
     sensitivity = []
-    if precision in ("fp8", "int8"):
+    if precision in Precision.calibrated_ones():
         progress("  DiT per-layer sensitivity ...")
         calibration = load_prompts(split="calibration", model_dir=model_dir)[:sensitivity_prompts]
         inputs = record_dit_inputs(pipe, calibration, steps, every=max(1, steps // 5))
         sensitivity = dit_sensitivity(pipe, precision, inputs)
     psnrs = [r["psnr_db"] for r in images]
     report = {
-        "precision": precision, "thresholds": THRESHOLDS[precision], "components": summary,
+        "precision": precision, "thresholds": asdict(Precision(precision).policy.thresholds), "components": summary,
         "images": {"prompts": len(images), "steps": steps, "mean_psnr_db": float(np.mean(psnrs)),
                    "min_psnr_db": float(np.min(psnrs)), "mean_ssim": float(np.mean([r["ssim"] for r in images])),
                    "per_prompt": images},

@@ -10,24 +10,26 @@ profile, target, TensorRT version, compute capability and builder options.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lidit_runtime.dependencies import MissingDependency, install_hint, require
 from lidit_runtime.manifest import TENSORRT_MODULES, EngineRecord, Manifest, compute_capability, file_sha256
+from lidit_runtime.precision import Precision
 
 from ..artifacts import atomic_write_bytes
 from ..build_folder import BuildFolder
 from ..errors import ArtifactError, ConfigError
 
 TARGETS = TENSORRT_MODULES  # the runtime loads engines through the same table
-FP8_MIN_CC = (8, 9)
+# What a GPU too old for a precision is called, and what to build for it instead.
+TOO_OLD = {Precision.FP8: ("Ada, Hopper, Blackwell", "int8 (or fp16/fp32)"), Precision.BF16: ("Ampere and later", "fp16")}
 RTX_CC = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")  # what TensorRT for RTX 1.x can target
 
 
-class EngineUnavailable(ConfigError):
+class EngineUnavailable(MissingDependency):
     """No TensorRT of the asked kind is installed."""
 
 
@@ -72,13 +74,11 @@ def load_target(target: str) -> Target:
     names = list(TARGETS) if target == "auto" else [target]
     for name in names:
         try:
-            module = importlib.import_module(TARGETS[name])
-        except ImportError:
+            module = require(TARGETS[name], "engines")
+        except MissingDependency:
             continue
         return Target(name, module, module.__version__)
-    hint = {"trt": "full TensorRT (`pip install tensorrt` where NVIDIA's index is reachable)",
-            "trt-rtx": "TensorRT for RTX (`pip install tensorrt-rtx`)"}
-    wanted = " or ".join(hint[n] for n in names)
+    wanted = " or ".join(install_hint(TARGETS[n]) for n in names)
     raise EngineUnavailable(f"no TensorRT installed: install {wanted} to build engines")
 
 
@@ -112,15 +112,15 @@ def resolve_compute_capability(target: Target, options: EngineOptions) -> str:
     return cc
 
 
-def check_precision(precision: str, target: Target, cc: str) -> None:
-    major, minor = (int(x) for x in cc.split("."))
-    if precision == "fp8" and (major, minor) < FP8_MIN_CC:
-        raise EngineRefused(f"FP8 needs a GPU of compute capability 8.9 or newer (Ada, Hopper, Blackwell); the target is "
-                          f"{cc}: use --precision int8 (or fp16/fp32) for this GPU")
-    if precision == "bf16" and major < 8:
-        raise EngineRefused(f"BF16 needs a GPU of compute capability 8.0 or newer (Ampere and later); the target is "
-                            f"{cc}: use --precision fp16 for this GPU")
-    if precision == "int8" and target.name == "trt-rtx":
+def check_precision(precision: Precision, target: Target, cc: str) -> None:
+    precision = Precision(precision)
+    policy = precision.policy
+    needed = policy.min_compute_capability
+    if needed is not None and tuple(int(x) for x in cc.split(".")) < needed:
+        gpus, instead = TOO_OLD[precision]
+        raise EngineRefused(f"{precision.value.upper()} needs a GPU of compute capability {needed[0]}.{needed[1]} or "
+                            f"newer ({gpus}); the target is {cc}: use --precision {instead} for this GPU")
+    if policy.int8_activations and target.name == "trt-rtx":
         raise EngineRefused("TensorRT for RTX runs INT8 only as weight-only quantization, not SmoothQuant's INT8 "
                           "activations: use --precision int8-wo (INT8 weights, FP16/FP32 activations) or fp8")
 

@@ -5,6 +5,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from lidit_runtime.graph_types import infer_types_
+from lidit_runtime.precision import Precision
 
 FP8_ZERO_POINT = "lidit_fp8_e4m3_zero_point"
 
@@ -160,9 +161,6 @@ def strip_activation_qdq(model: onnx.ModelProto) -> int:
     return len(rename)
 
 
-HALF_TYPES = ("fp16", "bf16")  # what convert_to_half makes
-
-
 def ops_without_bf16(model: onnx.ModelProto) -> list[str]:
     """Ops of `model` that ONNX does not type in BF16 at the model's opset (at 19: Conv, InstanceNormalization,
     Sin, Cos, Range; most gain it in opset 22): BF16 graphs keep them in FP32."""
@@ -177,20 +175,21 @@ def ops_without_bf16(model: onnx.ModelProto) -> list[str]:
     return missing
 
 
-def convert_to_half(model: onnx.ModelProto, dtype: str = "fp16") -> onnx.ModelProto:
+def convert_to_half(model: onnx.ModelProto, dtype: Precision = Precision.FP16) -> onnx.ModelProto:
     """An FP16 or BF16 graph with FP32 inputs/outputs (ONNX Runtime's converter). The timestep embedders
     stay FP32: sin/cos of t * freq with t up to 1000 lose all precision in half types (FP16's ulp at 1000
     is 0.5, BF16's is 4). BF16 is the FP16 conversion retyped, each weight rounded once from FP32 (not via
     FP16, whose range would clip it); ops that ONNX does not type in BF16 (ops_without_bf16) stay FP32."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    if dtype not in HALF_TYPES:
+    dtype = Precision(dtype)
+    if not dtype.policy.half:
         raise ValueError(f"half type {dtype!r}: use fp16 or bf16")
     keep = [n.name for n in model.graph.node  # the sinusoid, up to the cast into the embedder MLP
             if "t_embedder/" in n.name and "/mlp" not in n.name and not n.name.endswith("Cast_1")]
-    ops = list(DEFAULT_OP_BLOCK_LIST) + (ops_without_bf16(model) if dtype == "bf16" else [])
+    ops = list(DEFAULT_OP_BLOCK_LIST) + (ops_without_bf16(model) if dtype is Precision.BF16 else [])
     originals = {}
-    if dtype == "bf16":
+    if dtype is Precision.BF16:
         from onnx import numpy_helper
 
         originals = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
@@ -202,7 +201,7 @@ def convert_to_half(model: onnx.ModelProto, dtype: str = "fp16") -> onnx.ModelPr
     model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True, node_block_list=keep,
                                      op_block_list=ops)
     skip_half_round_trips(model.graph)
-    if dtype == "bf16":
+    if dtype is Precision.BF16:
         _retype_fp16_as_bf16(model, originals)
     topological_sort_(model.graph)  # the converter appends its input casts at the end
     return model

@@ -62,8 +62,12 @@ class Attention(nn.Module):
         q = self.to_q(x).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, Dh)
         k = self.to_k(context).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)
         v = self.to_v(context).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(self.norm_q(q), self.norm_k(k), v, attn_mask=allowed)
+        out = self._attend(self.norm_q(q), self.norm_k(k), v, allowed)
         return self.to_out(out.transpose(1, 2).reshape(B, L, -1))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+        """The attention core on (B, H, L, Dh) heads, QK-normed; a quantized copy overrides this alone."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
 
 
 class Mlp(nn.Module):

@@ -11,12 +11,16 @@ from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
+from lidit_runtime.dependencies import require
+from lidit_runtime.precision import Precision
+
+from ..components import QUANTIZABLE
 from ..errors import ConfigError
+from .fp8_attention import BMM_QUANTIZERS, eligible, register_quant_attention
 
-PRECISIONS = ("fp32", "fp8", "int8")
-QUANTIZABLE = ("refiner", "dit")  # encoders stay high precision [toolchain practice 3], VAE too
-
-# [toolchain practice 2] layers that stay in high precision, with the reason printed in reports.
+# Layers that stay in high precision, with the reason printed in reports: the embedders of the timestep and
+# the pooled text, the convolutional patchify and positional embedding, every modulation (each scales all
+# activations of its block) and the final layer - the layers the sensitivity report ranks first.
 SENSITIVE = {
     "dit": [
         ("t_embedder.*", "timestep embedder"),
@@ -47,7 +51,7 @@ DEEP_MODEL_BLOCKS = 16  # models at least this deep also keep their first and la
 
 @dataclass
 class QuantRecipe:
-    precision: str  # "fp8" (E4M3 per-tensor weights and activations) | "int8" (SmoothQuant)
+    precision: Precision  # FP8 (E4M3 per-tensor weights and activations) | INT8 (SmoothQuant)
     components: list[str] = field(default_factory=lambda: list(QUANTIZABLE))
     smoothquant_alpha: float = 0.5  # INT8: migration strength of SmoothQuant (Xiao et al. 2023)
     keep_edge_blocks: int = 2  # first/last blocks kept in high precision for deep models
@@ -59,9 +63,13 @@ class QuantRecipe:
     fp8_attention: bool = True  # FP8 Q/K/V and softmax quantizers, where head_dim % 16 == 0
     extra_exclude: list[str] = field(default_factory=list)  # more fnmatch patterns on layer names
 
+    def __post_init__(self):
+        self.precision = Precision.parse(self.precision, "recipe precision")  # from JSON, a plain string
+
     def validate(self) -> "QuantRecipe":
-        if self.precision not in ("fp8", "int8"):
-            raise ConfigError(f"recipe precision {self.precision!r} is not quantized; use 'fp8' or 'int8'")
+        if self.precision not in Precision.calibrated_ones():
+            raise ConfigError(f"recipe precision {self.precision} is not a calibrated one; use one of "
+                              f"{', '.join(map(str, Precision.calibrated_ones()))}")
         unknown = sorted(set(self.components) - set(QUANTIZABLE))
         if unknown:
             raise ConfigError(f"recipe components {unknown} cannot be quantized; choose from {QUANTIZABLE}")
@@ -91,7 +99,7 @@ def plan_layers(component: str, module: nn.Module, recipe: QuantRecipe, depth: i
     """Every nn.Linear of `module` is quantized unless a sensitive pattern, an edge block of a deep
     model or an extra pattern excludes it. Other layer types (convs, norms) are never quantized."""
     rules = list(SENSITIVE.get(component, []))
-    if recipe.precision == "int8":
+    if recipe.precision is Precision.INT8:
         rules += SENSITIVE_INT8.get(component, [])
     if depth is not None and depth >= DEEP_MODEL_BLOCKS and recipe.keep_edge_blocks:
         k = recipe.keep_edge_blocks
@@ -101,9 +109,10 @@ def plan_layers(component: str, module: nn.Module, recipe: QuantRecipe, depth: i
 
     quantized, excluded, attention = [], {}, []
     for name, m in module.named_modules():
-        if isinstance(m, Attention) and recipe.precision == "fp8" and recipe.fp8_attention and m.head_dim % 16 == 0:
+        if isinstance(m, Attention) and recipe.precision is Precision.FP8 and recipe.fp8_attention \
+                and eligible(m.head_dim):
             if not any(fnmatch.fnmatchcase(name + ".to_q", pattern) for pattern, _ in rules):
-                attention.append(name)  # FP8 fused attention needs head_dim % 16 == 0 (TensorRT)
+                attention.append(name)
         if not isinstance(m, nn.Linear):
             continue
         reason = next((why for pattern, why in rules if fnmatch.fnmatchcase(name, pattern)), None)
@@ -123,7 +132,7 @@ def modelopt_config(recipe: QuantRecipe, layers: list[str], calibrate: bool = Tr
     calibrated values from the cache.
     """
     mtq = modelopt()
-    base = mtq.FP8_DEFAULT_CFG if recipe.precision == "fp8" else mtq.INT8_SMOOTHQUANT_CFG
+    base = mtq.FP8_DEFAULT_CFG if recipe.precision is Precision.FP8 else mtq.INT8_SMOOTHQUANT_CFG
     entries = {q["quantizer_name"]: q["cfg"] for q in base["quant_cfg"] if "cfg" in q}
     weight, inputs = copy.deepcopy(entries["*weight_quantizer"]), copy.deepcopy(entries["*input_quantizer"])
     quant_cfg = [{"quantizer_name": "*", "enable": False}]
@@ -131,34 +140,17 @@ def modelopt_config(recipe: QuantRecipe, layers: list[str], calibrate: bool = Tr
         quant_cfg += [{"quantizer_name": f"{layer}.weight_quantizer", "cfg": weight},
                       {"quantizer_name": f"{layer}.input_quantizer", "cfg": inputs}]
     if attention:
-        from .fp8_attention import BMM_QUANTIZERS, register_quant_attention
-
         register_quant_attention()
         quant_cfg += [{"quantizer_name": f"{a}.{q}", "cfg": inputs} for a in attention for q in BMM_QUANTIZERS]
     if not calibrate:
         algorithm = None
-    elif recipe.precision == "int8":
+    elif recipe.precision is Precision.INT8:
         algorithm = {"method": "smoothquant", "alpha": recipe.smoothquant_alpha}
     else:
         algorithm = "max"
     return {"quant_cfg": quant_cfg, "algorithm": algorithm}
 
 
-_MTQ = None
-
-
 def modelopt():
-    """modelopt.torch.quantization, imported once and only when quantizing (the import is slow)."""
-    global _MTQ
-    if _MTQ is None:
-        import warnings
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                import modelopt.torch.quantization as mtq
-        except ImportError:
-            raise ConfigError("NVIDIA ModelOpt is not installed; run `pip install nvidia-modelopt==0.47.0` "
-                              "(or install the [quant] extra)") from None
-        _MTQ = mtq
-    return _MTQ
+    """modelopt.torch.quantization, imported on first use (the import takes ~15 s)."""
+    return require("modelopt.torch.quantization", "quantization (--precision fp8 / int8)")

@@ -59,7 +59,6 @@ class ComponentRecord:
     dims: dict  # symbolic dim -> [min, opt, max]
     derived_dims: dict = field(default_factory=dict)
     input_key: str = ""  # hash of everything the artifact was made from; equal key = up to date
-    validated_shapes: list = field(default_factory=list)
     ort_optimization: str = "all"  # "basic" for Q/DQ graphs (CPU INT8 is inexact at higher levels)
     data_file: str | None = None  # the graph's external weights (graphs past 1.8 GB), relative to the build folder
     data_sha256: str | None = None

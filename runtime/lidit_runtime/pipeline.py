@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import numbers
@@ -42,13 +43,37 @@ class LatentGeometry:
 
 @dataclass
 class GenerateRequest:
+    """What to draw; the one request shape of the PyTorch reference and every runtime backend. None means
+    the model's default (scheduler steps and cfg, default size); any other value is checked, 0 included."""
+
     prompts: Sequence[str]
     negative_prompt: str = ""  # the empty caption through the same template is the unconditional input
-    steps: int = 20
-    cfg: float = 5.0
+    steps: int | None = None
+    cfg: float | None = None
     seed: int = 0
-    height: int = 256
-    width: int = 256
+    height: int | None = None
+    width: int | None = None
+
+    def with_defaults(self, scheduler: SchedulerConfig, height: int, width: int) -> "GenerateRequest":
+        return dataclasses.replace(
+            self, steps=scheduler.default_steps if self.steps is None else self.steps,
+            cfg=scheduler.default_cfg if self.cfg is None else self.cfg,
+            height=height if self.height is None else self.height, width=width if self.width is None else self.width,
+            negative_prompt="" if self.negative_prompt is None else self.negative_prompt)
+
+
+def as_request(request: "GenerateRequest | str | Sequence[str]", **fields) -> GenerateRequest:
+    """The prompt-string convenience: generate("a red cat", steps=20) is generate(GenerateRequest(["a red cat"],
+    steps=20)); a GenerateRequest passes through (fields then are refused, not merged)."""
+    if isinstance(request, GenerateRequest):
+        if fields:
+            raise ConfigError(f"pass either a GenerateRequest or a prompt with fields, not both ({', '.join(fields)})")
+        return request
+    known = {f.name for f in dataclasses.fields(GenerateRequest)} - {"prompts"}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ConfigError(f"unknown request fields {unknown}; known: {sorted(known)}")
+    return GenerateRequest(prompts=[request] if isinstance(request, str) else request, **fields)
 
 
 @dataclass(frozen=True)
@@ -129,6 +154,7 @@ class GenerateResult:
     latents: np.ndarray  # (B, C, h, w) float32, final latents before the VAE
     timings: dict = field(default_factory=dict)  # seconds per stage
     trajectory: list = field(default_factory=list)  # latents after every step, when asked for
+    request: GenerateRequest | None = None  # what was drawn, defaults resolved
 
 
 def initial_noise(shape: Sequence[int], seed: int) -> np.ndarray:
@@ -273,7 +299,7 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
     check_finite(backend, image, "the VAE decoder")
     timings["decode"] = clock() - t0
     timings["total"] = clock() - t_start
-    return GenerateResult(to_uint8(image), backend.to_numpy(x), timings, trajectory)
+    return GenerateResult(to_uint8(image), backend.to_numpy(x), timings, trajectory, request)
 
 
 class Pipeline:
@@ -322,17 +348,11 @@ class Pipeline:
             runner = OnnxRuntimeBackend(build_dir, manifest, providers, **backend_options)
         return cls(manifest, runner, tokenizers)
 
-    def generate(self, prompt: str | Sequence[str], negative_prompt: str | None = None, steps: int | None = None,
-                 cfg: float | None = None, seed: int = 0, height: int | None = None, width: int | None = None,
-                 keep_trajectory: bool = False, on_step=None) -> GenerateResult:
-        """None means the build's default; any other value is checked (check_request), 0 included."""
-        request = GenerateRequest(
-            prompts=[prompt] if isinstance(prompt, str) else prompt,
-            negative_prompt="" if negative_prompt is None else negative_prompt,
-            steps=self.scheduler.default_steps if steps is None else steps,
-            cfg=self.scheduler.default_cfg if cfg is None else cfg, seed=seed,
-            height=self.manifest.default_height if height is None else height,
-            width=self.manifest.default_width if width is None else width)
+    def generate(self, request: GenerateRequest | str | Sequence[str], *, keep_trajectory: bool = False,
+                 on_step=None, **fields) -> GenerateResult:
+        """Draw a GenerateRequest, or a prompt (or list of them) with request fields: generate("a cat", seed=1)."""
+        request = as_request(request, **fields).with_defaults(self.scheduler, self.manifest.default_height,
+                                                                self.manifest.default_width)
         with self._lock:
             return run_chain(self.backend, self.tokenizers, self.geometry, self.scheduler, request,
                              keep_trajectory=keep_trajectory, on_step=on_step, uncond_cache=self.uncond_cache,

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import ArtifactError, ConfigError
 from ..manifest import ORT_LEVELS, Manifest, build_file
+from ..precision import Precision
 from .base import GraphStages
 
 _LEVELS = dict(zip(ORT_LEVELS, ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")))
@@ -48,7 +49,7 @@ class OnnxRuntimeBackend(GraphStages):
             try:
                 self.sessions[name] = ort.InferenceSession(str(file), options, providers=self.providers)
             except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-                if record.precision != "bf16" or "NOT_IMPLEMENTED" not in str(e):
+                if record.precision != Precision.BF16 or "NOT_IMPLEMENTED" not in str(e):
                     raise ArtifactError(f"ONNX Runtime cannot load {record.file}: {str(e).splitlines()[0]}; "
                                         "re-run `lidit-export export`") from None
                 self.sessions[name] = self._emulated_bf16_session(file, options)

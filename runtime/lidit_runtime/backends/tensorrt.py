@@ -17,12 +17,12 @@ the CUDA graph included, is unverified.
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ArtifactError
+from ..dependencies import require
 from ..manifest import TENSORRT_MODULES, Manifest, build_file, check_engines, compute_capability
 from .base import GraphStages
 
@@ -33,17 +33,9 @@ class TensorRTBackend(GraphStages):
     name = "tensorrt"
 
     def __init__(self, build_dir: str | Path, manifest: Manifest, profile: bool = False, cuda_graphs: bool = True):
-        try:
-            import cupy
-        except ImportError:
-            raise ArtifactError("the TensorRT backend needs CuPy for device memory: pip install cupy-cuda12x "
-                                "(or cupy-cuda13x)") from None
+        cupy = require("cupy", "the TensorRT backend")
         target = next(iter(manifest.engines.values())).target if manifest.engines else "trt"
-        try:
-            trt = importlib.import_module(TENSORRT_MODULES[target])
-        except ImportError:
-            raise ArtifactError(f"the engines were built for {target}; install {TENSORRT_MODULES[target]} to run "
-                                "them, or use --backend onnxruntime") from None
+        trt = require(TENSORRT_MODULES[target], f"running engines built for {target} (or use --backend onnxruntime)")
         cc = compute_capability(cupy.cuda.Device())
         check_engines(manifest, build_dir, target, trt.__version__, cc)
         self.cp, self.trt = cupy, trt

@@ -1,5 +1,7 @@
-"""`lidit-export build`: run every stage that is not up to date (export -> calibrate -> quantize),
-then write a build report. Each stage skips itself on matching input hashes, not on a file existing."""
+"""The stages of `lidit-export build`, in order: calibrate (quantized precisions: the reference sampler over
+real prompts, cached) -> export (one ONNX graph per component, Q/DQ graphs for the quantized ones, half graphs
+for fp16 / bf16) -> TensorRT engines (when a TensorRT is installed) -> the manifest, committed once -> a build
+report. Each stage skips itself on matching input hashes, not on a file existing."""
 from __future__ import annotations
 
 import json
@@ -8,28 +10,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lidit_runtime.manifest import Manifest
+from lidit_runtime.precision import Precision
 
-from ..artifacts import atomic_write_text
-from ..build_folder import BuildFolder
-from ..engine.builder import EngineOptions, EngineRefused, EngineUnavailable, build_engines
-from ..errors import ConfigError
-from ..export.export_build import export_model
-from ..export.graph_spec import ShapeProfile
-from ..model.pipeline import LiDiTPipeline
-from ..quant.calibrate import CalibrationSettings, QuantizedComponent, calibrate
-from ..quant.prompts import load_prompts
-from ..quant.recipes import QuantRecipe
-
-PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8", "int8-wo")  # int8-wo: INT8 weights only (TensorRT for RTX)
-# Calibration prompt counts of the best toolchains [toolchain practice 1].
-DEFAULT_CALIBRATION_PROMPTS = {"fp8": 128, "int8": 64, "int8-wo": 64}
+from .artifacts import atomic_write_text
+from .build_folder import BuildFolder
+from .engine.builder import EngineOptions, EngineRefused, EngineUnavailable, build_engines
+from .errors import ConfigError
+from .export.export_build import export_model
+from .export.graph_spec import ShapeProfile
+from .model.pipeline import LiDiTPipeline
+from .quant.calibrate import CalibrationSettings, QuantizedComponent, calibrate
+from .quant.prompts import load_prompts
+from .quant.recipes import QuantRecipe
 
 
 @dataclass
 class BuildOptions:
-    precision: str = "fp32"
+    precision: Precision = Precision.FP32
     prompts_file: str | None = None  # default: calibration split of the model's prompts.jsonl, else the shipped set
-    num_prompts: int | None = None  # default 128 (fp8) / 64 (int8)
+    num_prompts: int | None = None  # default: the precision policy's (128 for fp8, 64 for int8)
     steps: int | None = None  # default: the model's production steps
     seed: int = 0
     smoothquant_alpha: float = 0.5
@@ -39,8 +38,7 @@ class BuildOptions:
     engines: EngineOptions | None = field(default_factory=EngineOptions)  # None: stop after the ONNX stages
 
     def validate(self) -> "BuildOptions":
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision {self.precision} is unknown; use one of {', '.join(PRECISIONS)}")
+        self.precision = Precision.parse(self.precision, "precision")
         for name in ("num_prompts", "steps"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -63,15 +61,15 @@ def build_pipeline(model_dir: str | Path, build_dir: str | Path, options: BuildO
 
 def _build(pipe: LiDiTPipeline, model_dir: Path, folder: BuildFolder, options: BuildOptions, progress) -> Manifest:
     build_dir = folder.path
-    precision = options.precision
+    precision, policy = options.precision, options.precision.policy
     started = time.perf_counter()
-    report: dict = {"precision": precision, "model": str(model_dir), "stages": {}}
+    report: dict = {"precision": precision.value, "model": str(model_dir), "stages": {}}
     quantized: dict[str, QuantizedComponent] = {}
-    if precision in ("fp8", "int8", "int8-wo"):
-        recipe = QuantRecipe(precision[:4], smoothquant_alpha=options.smoothquant_alpha,
+    if policy.calibrated is not None:
+        recipe = QuantRecipe(policy.calibrated, smoothquant_alpha=options.smoothquant_alpha,
                              extra_exclude=list(options.exclude)).validate()
         prompts = load_prompts(options.prompts_file, split="calibration", model_dir=model_dir)
-        count = DEFAULT_CALIBRATION_PROMPTS[precision] if options.num_prompts is None else options.num_prompts
+        count = policy.calibration_prompts if options.num_prompts is None else options.num_prompts
         steps = pipe.config.scheduler.default_steps if options.steps is None else options.steps
         settings = CalibrationSettings(prompts=prompts[:count], steps=steps,
                                        cfg=pipe.config.scheduler.default_cfg, seed=options.seed,
