@@ -1,4 +1,4 @@
-"""The miniature LI-DiT and the paper's ablations, trained on the procedural world and scored (issue 4).
+"""The miniature LI-DiT and the paper's ablations, trained on the procedural world and scored.
 
     python benchmarks/miniature_ablation.py --work runs/mini --device cuda --parallel
 

@@ -1,7 +1,7 @@
-"""Writes calibration/prompts.jsonl: our own captions, composed from the vocabularies and templates
+"""Writes lidit_export/data/prompts.jsonl (shipped inside the package): our own captions, composed from the vocabularies and templates
 below (written for this project; no scraped data), seeded so the file is reproducible.
 
-    python calibration/make_prompts.py        # rewrites prompts.jsonl
+    python calibration/make_prompts.py        # rewrites lidit_export/data/prompts.jsonl
 
 Each line: {"text": ..., "category": ..., "split": "calibration" | "evaluation"}.
 """
@@ -96,7 +96,7 @@ def main() -> None:
     rng.shuffle(rows)
     for i, row in enumerate(rows):
         row["split"] = "evaluation" if i % 4 == 3 else "calibration"  # 3/4 calibration, 1/4 held out
-    path = Path(__file__).with_name("prompts.jsonl")
+    path = Path(__file__).resolve().parents[1] / "lidit_export" / "data" / "prompts.jsonl"  # shipped in the package
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"wrote {path}: {len(rows)} prompts")
 

@@ -1,6 +1,6 @@
 """Typed configuration: one dataclass per component and one for the pipeline, JSON in and out.
 
-Tags follow ../shared/design/lidit-architecture.md: [paper] is stated in Ma et al. 2024, [choice] is ours.
+Tags: [paper] is stated in Ma et al. 2024 (NeurIPS), [choice] is ours where the paper is silent.
 """
 from __future__ import annotations
 

@@ -1,14 +1,16 @@
 """Prompt sets for calibration and evaluation: the model folder's own prompts.jsonl when it has one (a model
-trained on a narrow domain, like the miniature, is calibrated on its own kind of captions), else
-calibration/prompts.jsonl."""
+trained on a narrow domain, like the miniature, is calibrated on its own kind of captions), else the set the
+package ships (lidit_export/data/prompts.jsonl, made by calibration/make_prompts.py), found through
+importlib.resources so that an installed wheel has it too."""
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
 from ..errors import ArtifactError, ConfigError
 
-DEFAULT_PROMPTS = Path(__file__).resolve().parents[2] / "calibration" / "prompts.jsonl"
+DEFAULT_PROMPTS = Path(str(resources.files("lidit_export").joinpath("data", "prompts.jsonl")))
 MODEL_PROMPTS = "prompts.jsonl"  # optional, in a model folder
 SPLITS = ("calibration", "evaluation")
 MAX_PROMPT_FILE = 64 << 20
