@@ -404,16 +404,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+FIELD_FLAGS = {"num_prompts": "num", "smoothquant_alpha": "alpha", "prompts_file": "prompts", "profiles": "profile"}
+
+
+def flag_of(parser: argparse.ArgumentParser, command: str, field: str | None) -> str | None:
+    """The flag of `command` that sets a library field (most share its name; FIELD_FLAGS lists the others)."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    dest = FIELD_FLAGS.get(field, field)
+    return next((a.option_strings[-1] for a in subparsers.choices[command]._actions
+                 if a.dest == dest and a.option_strings), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 on success; 2 with one line for anything the user can fix (bad flags, files, requests, an
-    unwritable disk); 130 on Ctrl-C; 1 with one line for the unexpected (-v prints its traceback)."""
-    args = build_parser().parse_args(argv)
+    unwritable disk); 130 on Ctrl-C; 1 with one line for the unexpected (-v prints its traceback). A library
+    error about a field is shown with the flag that sets it."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
     try:
         args.func(args)
     except LiditError as e:
-        print(f"error: {e}", file=sys.stderr)
+        flag = flag_of(parser, args.command, e.field)
+        print(f"error: {flag + ': ' if flag else ''}{e}", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, permissions, a path under a file: the environment, not a bug
         where = f" {e.filename}" if e.filename else ""

@@ -42,9 +42,9 @@ class BuildOptions:
         for name in ("num_prompts", "steps"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name}={value!r} must be an integer >= 1 (None: the default)")
+                raise ConfigError(f"{name}={value!r} must be an integer >= 1 (None: the default)", name)
         if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed={self.seed!r} must be an integer >= 0")
+            raise ConfigError(f"seed={self.seed!r} must be an integer >= 0", "seed")
         self.profile.validate()
         return self
 

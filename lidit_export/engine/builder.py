@@ -49,16 +49,16 @@ class EngineOptions:
 
     def validate(self) -> "EngineOptions":
         if self.target not in ("auto", *TARGETS):
-            raise ConfigError(f"--target {self.target} is unknown; use trt, trt-rtx or auto")
+            raise ConfigError(f"target {self.target!r} is unknown; use trt, trt-rtx or auto", "target")
         if not 0 <= self.opt_level <= 5:
-            raise ConfigError(f"--opt-level {self.opt_level} must be between 0 and 5")
+            raise ConfigError(f"opt_level={self.opt_level} must be between 0 and 5", "opt_level")
         if not 0 < self.workspace_gib <= 1024:
-            raise ConfigError(f"--workspace-gib {self.workspace_gib} must be > 0 and <= 1024")
+            raise ConfigError(f"workspace_gib={self.workspace_gib} must be > 0 and <= 1024", "workspace_gib")
         cc = self.compute_capability
         if cc is not None and not (cc.count(".") == 1 and all(p.isdigit() for p in cc.split("."))):
-            raise ConfigError(f"--compute-capability {cc!r} must read MAJOR.MINOR, e.g. 8.9")
+            raise ConfigError(f"compute_capability={cc!r} must read MAJOR.MINOR, e.g. 8.9", "compute_capability")
         if self.strip_weights and not self.refit:
-            raise ConfigError("--strip-weights needs --refit (a stripped engine is refitted when loaded)")
+            raise ConfigError("strip_weights needs refit (a stripped engine is refitted when loaded)", "strip_weights")
         return self
 
 

@@ -48,7 +48,7 @@ class ShapeProfile:
         for name in ("max_batch", "min_image", "max_image", "opt_text_tokens"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name}={value!r} must be an integer >= 1 (--max-batch / --max-image)")
+                raise ConfigError(f"{name}={value!r} must be an integer >= 1", name)
         return self
 
 
@@ -73,8 +73,8 @@ def shape_ranges(config: PipelineConfig, profile: ShapeProfile | None = None) ->
     opt_image = max(config.default_height, config.default_width)
     latent = (max(profile.min_image // f, config.transformer.patch_size), opt_image // f, max_image // f)
     if not latent[0] <= latent[1] <= latent[2]:
-        raise ConfigError(f"--max-image {max_image} is below the model's default side {opt_image} (or the smallest, "
-                          f"{profile.min_image}); use --max-image {opt_image} or more")
+        raise ConfigError(f"max_image={max_image} is below the model's default side {opt_image} (or the smallest, "
+                          f"{profile.min_image}); use {opt_image} or more", "max_image")
     text, context = {}, [0, 0, 0]
     for i, enc in enumerate(config.encoders):
         prefix = config.refiner.prefix_lengths[i]

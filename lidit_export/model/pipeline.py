@@ -40,13 +40,13 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"--device {name!r} is not a device torch knows; use cpu or cuda[:N]") from None
+        raise ConfigError(f"device {name!r} is not a device torch knows; use cpu or cuda[:N]", "device") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but torch sees no GPU; use --device cpu")
+        raise ConfigError("device cuda asked for, but torch sees no GPU; use cpu", "device")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"--device {name}: torch sees {torch.cuda.device_count()} GPU(s); use a smaller index")
+        raise ConfigError(f"device {name}: torch sees {torch.cuda.device_count()} GPU(s); use a smaller index", "device")
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {name!r}: only cpu and cuda are supported")
+        raise ConfigError(f"device {name!r}: only cpu and cuda are supported", "device")
     return device
 
 

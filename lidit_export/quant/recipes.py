@@ -74,7 +74,7 @@ class QuantRecipe:
         if unknown:
             raise ConfigError(f"recipe components {unknown} cannot be quantized; choose from {QUANTIZABLE}")
         if not 0.0 <= self.smoothquant_alpha <= 1.0:
-            raise ConfigError(f"smoothquant_alpha={self.smoothquant_alpha} must lie in [0, 1]")
+            raise ConfigError(f"smoothquant_alpha={self.smoothquant_alpha} must lie in [0, 1]", "smoothquant_alpha")
         return self
 
     def to_dict(self) -> dict:

@@ -94,24 +94,24 @@ class TrainSettings:
         for name in ("scenes", "heldout", "vae_steps", "vae_batch", "steps", "batch", "warmup", "width", "depth",
                      "heads", "pe_depth", "latent_channels", "log_every"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1", name)
         if self.seed < 0:
-            raise ConfigError(f"--seed {self.seed} must be >= 0")
+            raise ConfigError(f"seed={self.seed} must be >= 0", "seed")
         finite = all(math.isfinite(v) for v in (self.lr, self.ema, self.cfg_dropout, self.checkpoint_minutes,
                                                  self.max_minutes or 1.0))
         if not finite or self.lr <= 0 or not 0 <= self.ema < 1 or not 0 <= self.cfg_dropout <= 1 \
                 or self.checkpoint_minutes < 0 or (self.max_minutes is not None and self.max_minutes <= 0):
-            raise ConfigError("--lr must be > 0, --max-minutes > 0 and --checkpoint-minutes >= 0 (finite numbers); "
+            raise ConfigError("lr must be > 0, max_minutes > 0 and checkpoint_minutes >= 0 (finite numbers); "
                               "ema in [0, 1), cfg_dropout in [0, 1]")
         if self.scenes < self.batch:
-            raise ConfigError(f"--scenes ({self.scenes}) must be >= --batch ({self.batch}) and steps >= 1")
+            raise ConfigError(f"scenes ({self.scenes}) must be >= batch ({self.batch})", "scenes")
         if self.width % self.heads or self.width % 32:
-            raise ConfigError(f"--width {self.width} must be a multiple of 32 and of --heads {self.heads}")
+            raise ConfigError(f"width={self.width} must be a multiple of 32 and of heads ({self.heads})", "width")
         if self.schedule not in ("constant", "cosine"):
-            raise ConfigError(f"--schedule {self.schedule!r} is not known; use constant or cosine")
+            raise ConfigError(f"schedule={self.schedule!r} is not known; use constant or cosine", "schedule")
         if self.init is not None and not (Path(self.init) / "model_index.json").exists():
-            raise ConfigError(f"--init {self.init}: no model_index.json there; give a model folder "
-                              "(e.g. one written by `lidit-export init --preset mini`)")
+            raise ConfigError(f"init={self.init}: no model_index.json there; give a model folder "
+                              "(e.g. one written by `lidit-export init --preset mini`)", "init")
         return self
 
     def learning_rate(self, step: int) -> float:

@@ -2,7 +2,12 @@
 
 
 class LiditError(Exception):
-    """Base class: a problem with the user's input or files, not a bug."""
+    """Base class: a problem with the user's input or files, not a bug. `field` names the option the message
+    is about (a settings field or keyword argument); the command line shows its flag beside it."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class ConfigError(LiditError):

@@ -28,7 +28,8 @@ class Precision(str, enum.Enum):
         try:
             return cls(value)
         except ValueError:
-            raise ConfigError(f"{where} {value!r} is unknown; use one of {', '.join(p.value for p in cls)}") from None
+            raise ConfigError(f"{where} {value!r} is unknown; use one of {', '.join(p.value for p in cls)}",
+                              "precision") from None
 
     @property
     def policy(self) -> "Policy":
