@@ -479,6 +479,7 @@ LOAD_OPTIONS = [
     (dict(providers=["CUDAExecutionProvider"]), "execution provider CUDAExecutionProvider is not in this ONNX Runtime"),
     (dict(optimization="turbo"), "optimization='turbo' is unknown"),
     (dict(threads=-2), "threads=-2 must be an integer >= 0"),
+    (dict(spinning="yes"), "spinning='yes' must be true or false"),
 ]
 
 

@@ -97,3 +97,11 @@ def test_cuda_graph_buffers_follow_any_nesting_of_the_loop_conditions():
     assert type(rebuilt) is tuple and [type(x) for x in rebuilt] == [list, list, list, np.ndarray, np.ndarray]
     assert all(a is b for a, b in zip(leaves(rebuilt), copies))
     assert all(np.array_equal(a, b) for a, b in zip(leaves(rebuilt), flat))
+
+
+def test_worker_threads_do_not_spin_between_the_alternating_sessions_unless_asked(tiny_build):
+    key = "session.intra_op.allow_spinning"
+    quiet = Pipeline.load(tiny_build).backend.sessions
+    assert {s.get_session_options().get_session_config_entry(key) for s in quiet.values()} == {"0"}
+    busy = Pipeline.load(tiny_build, spinning=True).backend.sessions
+    assert {s.get_session_options().get_session_config_entry(key) for s in busy.values()} == {"1"}

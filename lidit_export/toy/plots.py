@@ -64,3 +64,33 @@ def prompt_grid(rows: list[tuple[str, list[np.ndarray]]], scale: int = 2, text_w
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def stacked_bars(rows: dict[str, dict[str, float]], title: str, unit: str, size=(760, 60)) -> bytes:
+    """rows: name -> {part: value} drawn as one horizontal bar per row, its parts stacked left to right with a
+    legend; the height grows with the rows. Returns PNG bytes."""
+    from PIL import Image, ImageDraw
+
+    parts = list(next(iter(rows.values())))
+    W, label, right, bar, gap, top = size[0], 230, 80, 22, 10, 30
+    H = top + len(rows) * (bar + gap) + 40
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    d.text((8, 8), title, fill="black")
+    longest = max(sum(r.values()) for r in rows.values())
+    scale = (W - label - right) / longest
+    for i, (name, values) in enumerate(rows.items()):
+        y, x = top + i * (bar + gap), label
+        d.text((8, y + 5), name, fill="black")
+        for k, part in enumerate(parts):
+            w = values[part] * scale
+            d.rectangle([x, y, x + w, y + bar], fill=_COLOURS[k % len(_COLOURS)])
+            x += w
+        d.text((x + 6, y + 5), f"{sum(values.values()):.0f} {unit}", fill="black")
+    for k, part in enumerate(parts):
+        x = label + k * 110
+        d.rectangle([x, H - 26, x + 12, H - 14], fill=_COLOURS[k % len(_COLOURS)])
+        d.text((x + 16, H - 27), part, fill="black")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()

@@ -24,7 +24,11 @@ class OnnxRuntimeBackend(GraphStages):
     thread_safe = True
 
     def __init__(self, build_dir: str | Path, manifest: Manifest, providers: Sequence[str] | None = None,
-                 optimization: str | None = None, threads: int | None = None):
+                 optimization: str | None = None, threads: int | None = None, spinning: bool = False):
+        """threads: intra-op threads per session (None: ONNX Runtime's choice). spinning: let worker threads
+        busy-wait for work after each run. Off by default: the refiner and DiT sessions alternate every step,
+        and threads still spinning for one session take the cores the other needs
+        (benchmarks/results/ort_spinning_mini_cpu.json)."""
         import onnxruntime as ort
 
         self._ort = ort
@@ -36,7 +40,10 @@ class OnnxRuntimeBackend(GraphStages):
         if optimization is not None and optimization not in _LEVELS:
             raise ConfigError(f"optimization={optimization!r} is unknown; use one of {', '.join(_LEVELS)}")
         if threads is not None and (not isinstance(threads, int) or threads < 0):
-            raise ConfigError(f"threads={threads!r} must be an integer >= 0 (0: ONNX Runtime decides)")
+            raise ConfigError(f"threads={threads!r} must be an integer >= 0 (0: ONNX Runtime decides)", "threads")
+        if not isinstance(spinning, bool):
+            raise ConfigError(f"spinning={spinning!r} must be true or false", "spinning")
+        self.spinning = spinning
         self.sessions = {}
         self.emulated_bf16: list[str] = []  # BF16 graphs this provider has no kernels for (see bf16_emulation)
         for name, record in manifest.components.items():
@@ -45,6 +52,7 @@ class OnnxRuntimeBackend(GraphStages):
             options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
             if threads:
                 options.intra_op_num_threads = threads
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
             file = build_file(build_dir, record.file, f"graph {name}")
             try:
                 self.sessions[name] = ort.InferenceSession(str(file), options, providers=self.providers)
