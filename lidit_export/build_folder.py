@@ -61,18 +61,17 @@ class BuildFolder:
 
     # --- reuse: a record whose key matches and whose file still hashes to its sha256 ----------------------
     def reusable_component(self, name: str, key: str) -> ComponentRecord | None:
-        candidates = [self.previous.components.get(name) if self.previous else None,
-                      self.pending["components"].get(key)]
-        for rec in candidates:
-            if rec is not None and rec.name == name and rec.input_key == key and self._intact(rec.file, rec.sha256) \
-                    and (rec.data_file is None or self._intact(rec.data_file, rec.data_sha256)):
-                return rec
-        return None
+        return self._reusable("components", name, key, lambda rec: rec.input_key)
 
     def reusable_engine(self, name: str, key: str) -> EngineRecord | None:
-        candidates = [self.previous.engines.get(name) if self.previous else None, self.pending["engines"].get(key)]
-        for rec in candidates:
-            if rec is not None and rec.name == name and rec.key == key and self._intact(rec.file, rec.sha256):
+        return self._reusable("engines", name, key, lambda rec: rec.key)
+
+    def _reusable(self, kind: str, name: str, key: str, key_of):
+        """The record of the manifest in place, else of the journal, made from `key` with its files intact."""
+        previous = getattr(self.previous, kind).get(name) if self.previous else None
+        for rec in (previous, self.pending[kind].get(key)):
+            if rec is not None and rec.name == name and key_of(rec) == key and all(
+                    self._intact(rel, digest) for rel, digest in _files_of(rec)):
                 return rec
         return None
 
@@ -105,6 +104,12 @@ class BuildFolder:
                 if entry not in keep and (entry.suffix in (".onnx", ".data", ".engine") or folder == "tokenizers"):
                     entry.unlink()
         (self.path / PENDING).unlink(missing_ok=True)
+
+
+def _files_of(rec) -> list[tuple[str, str | None]]:
+    """(path, sha256) of a record's files: a graph may have external data beside it."""
+    data = getattr(rec, "data_file", None)
+    return [(rec.file, rec.sha256)] + ([(data, rec.data_sha256)] if data is not None else [])
 
 
 def acquire_lock(path: Path) -> int | None:

@@ -404,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-FIELD_FLAGS = {"num_prompts": "num", "smoothquant_alpha": "alpha", "prompts_file": "prompts", "profiles": "profile"}
+FIELD_FLAGS = {"num_prompts": "num", "smoothquant_alpha": "alpha", "prompts_file": "prompts", "profiles": "profile",
+               "prompts": "prompt"}
 
 
 def flag_of(parser: argparse.ArgumentParser, command: str, field: str | None) -> str | None:

@@ -52,7 +52,7 @@ GENERATE_FLAGS = [
     (["--steps", "abc"], ["'abc' is not an integer"]),
     (["--cfg", "nan"], ["--cfg", "finite"]),
     (["--cfg", "inf"], ["--cfg", "finite"]),
-    (["--cfg", "1e38"], ["cfg=1e+38", "between 0 and 100"]),
+    (["--cfg", "1e38"], ["error: --cfg: cfg=1e+38", "between 0 and 100"]),
     (["--cfg", "-1"], ["cfg=-1.0", "between 0 and 100"]),
     (["--seed", "-1"], ["--seed", "must be >= 0"]),
     (["--seed", str(2**64)], ["--seed", "<= 18446744073709551615"]),

@@ -28,7 +28,6 @@ from ..errors import ArtifactError, ConfigError
 from .recipes import LayerPlan, QuantRecipe, modelopt, modelopt_config, plan_layers
 
 
-
 @dataclass
 class CalibrationSettings:
     prompts: list[str]

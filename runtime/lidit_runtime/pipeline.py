@@ -104,26 +104,27 @@ def check_request(request: GenerateRequest, geometry: LatentGeometry, scheduler:
     small images are cheap, but no profile or parity check covered them)."""
     prompts = request.prompts
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
-        raise ConfigError(f"prompts must be a list of strings, got {type(prompts).__name__}")
+        raise ConfigError(f"prompts must be a list of strings, got {type(prompts).__name__}", "prompts")
     if not prompts:
-        raise ConfigError("no prompt given: pass at least one prompt")
-    for what, text in [*(("prompt", p) for p in prompts), ("negative prompt", request.negative_prompt)]:
+        raise ConfigError("no prompt given: pass at least one prompt", "prompts")
+    for what, field_, text in [*(("prompt", "prompts", p) for p in prompts),
+                               ("negative prompt", "negative_prompt", request.negative_prompt)]:
         if not isinstance(text, str):
-            raise ConfigError(f"each {what} must be a string, got {type(text).__name__}")
+            raise ConfigError(f"each {what} must be a string, got {type(text).__name__}", field_)
         if len(text) > MAX_PROMPT_CHARS:
             raise ConfigError(f"{what} of {len(text)} characters is over the {MAX_PROMPT_CHARS} allowed; shorten it "
-                              "(encoders read at most max_length tokens anyway)")
+                              "(encoders read at most max_length tokens anyway)", field_)
     top = min(MAX_STEPS, scheduler.num_train_timesteps)
     if not _is_int(request.steps) or not 1 <= request.steps <= top:
-        raise ConfigError(f"steps={request.steps!r} must be an integer between 1 and {top}")
+        raise ConfigError(f"steps={request.steps!r} must be an integer between 1 and {top}", "steps")
     cfg = request.cfg
     if not isinstance(cfg, numbers.Real) or isinstance(cfg, bool) or not math.isfinite(cfg) or not 0 <= cfg <= MAX_CFG:
-        raise ConfigError(f"cfg={cfg!r} must be a finite number between 0 and {MAX_CFG:g} (1 disables guidance)")
+        raise ConfigError(f"cfg={cfg!r} must be a finite number between 0 and {MAX_CFG:g} (1 disables guidance)", "cfg")
     if not _is_int(request.seed) or not 0 <= request.seed <= MAX_SEED:
-        raise ConfigError(f"seed={request.seed!r} must be an integer between 0 and 2**64 - 1")
+        raise ConfigError(f"seed={request.seed!r} must be an integer between 0 and 2**64 - 1", "seed")
     for name in ("height", "width"):
         if not _is_int(getattr(request, name)):
-            raise ConfigError(f"{name}={getattr(request, name)!r} must be an integer number of pixels")
+            raise ConfigError(f"{name}={getattr(request, name)!r} must be an integer number of pixels", name)
     shape = geometry.latent_shape(len(prompts), int(request.height), int(request.width))
     if limits is not None:
         if limits.max_batch is not None and len(prompts) > limits.max_batch:
