@@ -254,15 +254,14 @@ def _smollm2() -> Path:
 
 
 def _cmd_info(args) -> None:
-    from .config import PipelineConfig
     from .model.info import describe
-    from .model.pipeline import INDEX
+    from .model.pipeline import load_model_config
 
     folder = Path(args.model)
     if not folder.is_dir():
         raise LiditError(f"info takes a model folder; {folder} is {'a file' if folder.exists() else 'not there'} "
                          "(create one with `lidit-export init --preset tiny --out DIR`)")
-    config = PipelineConfig.from_json_file(folder / INDEX)
+    config = load_model_config(folder)
     summary = describe(config, folder, args.height, args.width, args.text_tokens)
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -255,6 +255,10 @@ MODEL_DAMAGE = [
      ["has 7 blocks", "do not match"]),
     ("LLM config missing", lambda m: (m / "llm_0/config.json").unlink(), ["config.json cannot be read"]),
     ("tokenizer missing", lambda m: (m / "llm_1/tokenizer.json").unlink(), ["tokenizer.json is missing"]),
+    ("index is a link out", lambda m: (shutil.copy(m / "model_index.json", m.parent / "outside.json"),
+                                       (m / "model_index.json").unlink(),
+                                       (m / "model_index.json").symlink_to(m.parent / "outside.json")),
+     ["model index model_index.json resolves outside"]),
 ]
 
 
@@ -410,6 +414,16 @@ def test_a_nan_weight_fails_at_the_denoising_stage_not_as_a_black_image(tiny_bui
     code, _, err = run_cli(capsys, *_generate(build, tmp_path, "--quiet"))  # the steps ran: no bar before the error
     assert_refused(code, err, ["the denoising loop (refiner + DiT) produced NaN or infinite values"])
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_model_folder_prompt_file_linking_out_is_refused(tiny_folder, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_folder, model)
+    (tmp_path / "secret.txt").write_text("not a caption\n")
+    (model / "prompts.jsonl").symlink_to(tmp_path / "secret.txt")
+    code, _, err = run_cli(capsys, "build", "--model", model, "--out", tmp_path / "b", "--precision", "fp8", "--num", "1",
+                           "--steps", "1", "--target", "none")
+    assert_refused(code, err, ["prompt file prompts.jsonl resolves outside"])
 
 
 def test_a_damaged_calibration_cache_is_recalibrated_not_a_traceback(tiny_folder, tmp_path, capsys):

@@ -67,6 +67,12 @@ def model_file(folder: Path, rel: str, what: str) -> Path:
     return build_file(folder, rel, what, INDEX, "restore the model folder (or re-create it with `lidit-export init`)")
 
 
+def load_model_config(folder: Path) -> PipelineConfig:
+    """The model folder's index, validated; read only as a regular file inside the folder (never a link out)."""
+    return PipelineConfig.from_json_file(build_file(folder, INDEX, "model index", "the model folder",
+                                                    "restore it (or re-create the folder with `lidit-export init`)"))
+
+
 def check_llm_folder(folder: Path, rel: str) -> Path:
     """An LLM sub-folder: inside the model folder, and no file in it a link out of it."""
     root, path = folder.resolve(), (folder / rel).resolve()
@@ -116,7 +122,7 @@ class LiDiTPipeline:
         if not path.is_dir() or not (path / INDEX).exists():
             raise ArtifactError(f"{path} is not a model folder ({INDEX} missing); create one with "
                                 "`lidit-export init --preset smol --out DIR`")
-        config = PipelineConfig.from_json_file(path / INDEX)
+        config = load_model_config(path)
         dev = resolve_device(device)  # device and dtype are checked before any weights are read
         if dtype is not None and dtype not in TORCH_DTYPES:
             raise ConfigError(f"dtype={dtype!r} is unknown; use one of {sorted(TORCH_DTYPES)}")

@@ -8,6 +8,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from lidit_runtime.manifest import build_file
+
 from ..errors import ArtifactError, ConfigError
 
 DEFAULT_PROMPTS = Path(str(resources.files("lidit_export").joinpath("data", "prompts.jsonl")))
@@ -18,7 +20,10 @@ MAX_PROMPT_FILE = 64 << 20
 
 def default_prompts(model_dir: str | Path | None = None) -> Path:
     own = Path(model_dir) / MODEL_PROMPTS if model_dir else None
-    return own if own is not None and own.exists() else DEFAULT_PROMPTS
+    if own is None or not (own.exists() or own.is_symlink()):
+        return DEFAULT_PROMPTS
+    build_file(model_dir, MODEL_PROMPTS, "prompt file", "the model folder", "restore it or pass --prompts FILE")
+    return own  # a regular file inside the model folder
 
 
 def load_prompts(path: str | Path | None = None, split: str | None = None,
