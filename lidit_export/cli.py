@@ -48,7 +48,7 @@ def _finite(text: str) -> float:
 
 
 _finite.__name__ = "number"
-POSITIVE, NON_NEGATIVE, SEED = _int_in(1), _int_in(0), _int_in(0, 2**64 - 1)
+POSITIVE, SEED = _int_in(1), _int_in(0, 2**64 - 1)
 
 
 def prepare_output(out: Path) -> str:
@@ -185,7 +185,8 @@ def _cmd_calibrate(args) -> None:
     pipe = LiDiTPipeline.from_pretrained(args.model)
     sched = pipe.config.scheduler
     prompts = load_prompts(args.prompts, split="calibration", model_dir=args.model)[: args.num]
-    settings = CalibrationSettings(prompts, steps=sched.default_steps if args.steps is None else args.steps, cfg=sched.default_cfg,
+    steps = sched.default_steps if args.steps is None else args.steps
+    settings = CalibrationSettings(prompts, steps=steps, cfg=sched.default_cfg,
                                    seed=args.seed, height=pipe.config.default_height, width=pipe.config.default_width)
     result = calibrate(pipe, args.model, QuantRecipe(args.precision, smoothquant_alpha=args.alpha), settings,
                        Path(args.out) / "calibration")

@@ -27,6 +27,7 @@ from ..artifacts import atomic_directory, atomic_write_text
 from ..components import WEIGHTS
 from ..config import PipelineConfig
 from ..errors import ArtifactError, ConfigError
+from ..export.graph_spec import graph_specs
 from .dit import LiDiT
 from .llm_encoder import TORCH_DTYPES, LLMEncoder
 from .refiner import PromptRefiner
@@ -53,10 +54,7 @@ def resolve_device(name: str) -> torch.device:
 def load_prompt_tokenizers(folder: str | Path, config: PipelineConfig) -> list[PromptTokenizer]:
     tokenizers = []
     for enc in config.encoders:
-        if not (Path(folder) / enc.path / "tokenizer.json").exists():
-            raise ArtifactError(f"{Path(folder) / enc.path / 'tokenizer.json'} is missing; every LLM folder needs a fast "
-                                "tokenizer (tokenizer.json)")
-        file = model_file(Path(folder), f"{enc.path}/tokenizer.json", "tokenizer")
+        file = model_file(Path(folder), f"{enc.path}/tokenizer.json", "fast tokenizer (every LLM folder needs one)")
         tokenizers.append(PromptTokenizer(file, enc.prefix_text, enc.suffix_text, enc.max_length,
                                           enc.pad_token_id, enc.caption_separator))
     return tokenizers
@@ -109,6 +107,10 @@ class LiDiTPipeline:
         self.vae_decoder = VAEDecoder(autoencoder, config.vae)
         self.tokenizers = list(tokenizers)
         self.device = device
+        # Image sides capped like a build of this model with the default profile; the batch is not (calibration
+        # and evaluation run larger ones).
+        specs = graph_specs(config)
+        self.limits = replace(RequestLimits.from_dims(specs["dit"].dims, specs["vae_decoder"].dims), max_batch=None)
 
     @property
     def geometry(self) -> LatentGeometry:
@@ -152,18 +154,12 @@ class LiDiTPipeline:
     @torch.inference_mode()
     def generate(self, request: GenerateRequest | str | Sequence[str], *, keep_trajectory: bool = False,
                  on_step=None, **fields) -> GenerateResult:
-        """Through the shared chain, like the runtime's Pipeline.generate, with the image sides capped like a
-        build of this model exported with the default profile (the batch is not: calibration and evaluation
-        run larger ones)."""
-        from ..export.graph_spec import graph_specs
-
+        """Through the shared chain, like the runtime's Pipeline.generate, checked against self.limits."""
         config = self.config
         request = as_request(request, **fields).with_defaults(config.scheduler, config.default_height,
                                                                 config.default_width)
-        specs = graph_specs(config)
-        limits = replace(RequestLimits.from_dims(specs["dit"].dims, specs["vae_decoder"].dims), max_batch=None)
         return run_chain(TorchBackend(self), self.tokenizers, self.geometry, config.scheduler, request,
-                         keep_trajectory=keep_trajectory, on_step=on_step, limits=limits)
+                         keep_trajectory=keep_trajectory, on_step=on_step, limits=self.limits)
 
 
 def build_modules(config: PipelineConfig):
