@@ -88,9 +88,9 @@ def _cmd_generate(args) -> None:
     if args.backend == "torch":
         if not args.model:
             raise LiditError("--backend torch needs --model DIR (a model folder)")
-        from .model.pipeline import LiDiTPipeline
+        from .families.reference import load_reference
 
-        pipe = LiDiTPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+        pipe = load_reference(args.model, device=args.device, dtype=args.dtype)
     else:
         if not args.build:
             raise LiditError(f"--backend {args.backend} needs --build DIR (from `lidit-export export`)")
@@ -99,7 +99,8 @@ def _cmd_generate(args) -> None:
         pipe = Pipeline.load(args.build, backend=args.backend)
     # None (a flag left out) means the model's default; the pipeline resolves and checks every field
     request = GenerateRequest([args.prompt], negative_prompt=args.negative_prompt, steps=args.steps, cfg=args.cfg,
-                              seed=args.seed, height=args.height, width=args.width)
+                              seed=args.seed, height=args.height, width=args.width, cfg_truncation=args.cfg_truncation,
+                              cfg_normalization=args.cfg_normalization)
     bars = []  # the bar starts with the first step, so a refused request prints its error alone
 
     def on_step(i, n):
@@ -287,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("init", help="write a model folder from a preset (seeded random weights + real LLMs)")
-    p.add_argument("--preset", required=True, help="mini (trained, SmolLM2) | tiny | smol | li-dit-1b | li-dit-10b")
+    p.add_argument("--preset", required=True, help="mini (trained, SmolLM2) | tiny | smol | li-dit-1b | li-dit-10b | "
+                   "z-image-tiny | lumina2-tiny (diffusers folders with random weights)")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--overwrite", action="store_true")
@@ -300,7 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--out", default="image.png")
     p.add_argument("--steps", type=POSITIVE, default=None, help="default: the scheduler config's")
-    p.add_argument("--cfg", type=_finite, default=None, help="guidance scale; 1 disables CFG")
+    p.add_argument("--cfg", type=_finite, default=None, help="guidance scale (the model's own convention: "
+                   "1 disables CFG for LI-DiT and Lumina-2, 0 for Z-Image)")
+    p.add_argument("--cfg-truncation", type=_finite, default=None,
+                   help="no guidance past this progress, 0..1 (models whose chain truncates; default: the model's)")
+    p.add_argument("--cfg-normalization", type=_finite, default=None,
+                   help="renormalise the guided output to this multiple of the conditional's norm (0: off)")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--height", type=POSITIVE, default=None)
     p.add_argument("--width", type=POSITIVE, default=None)

@@ -142,7 +142,9 @@ TRAINED = {"mini": "data/mini"}
 
 def preset_config(name: str) -> Preset:
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS) + sorted(TRAINED)}")
+        from .families.tiny import TINY
+
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS) + sorted(TRAINED) + sorted(TINY)}")
     return PRESETS[name]
 
 
@@ -188,6 +190,10 @@ def create_preset(name: str, out: str | Path, seed: int = 0, overwrite: bool = F
     """Write the model folder of preset `name` to `out` (atomically)."""
     if name in TRAINED:
         return create_trained(name, out, overwrite)
+    from .families.tiny import TINY, create_tiny
+
+    if name in TINY:  # diffusers pipeline folders of the supported families
+        return create_tiny(name, out, seed, overwrite)
     preset = preset_config(name)
     dtype = getattr(torch, preset.weight_dtype)
     with atomic_directory(out, overwrite=overwrite) as tmp:

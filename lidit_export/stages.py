@@ -52,11 +52,25 @@ class BuildOptions:
 def build_pipeline(model_dir: str | Path, build_dir: str | Path, options: BuildOptions, progress=print) -> Manifest:
     """Every stage into `build_dir` as one transaction (build_folder.BuildFolder): the folder is locked, the
     manifest replaced once at the end, and a killed build leaves the previous one usable and resumable."""
+    from .families.reference import load_reference
+
     options.validate()
     model_dir, build_dir = Path(model_dir), Path(build_dir)
-    pipe = LiDiTPipeline.from_pretrained(model_dir)
+    pipe = load_reference(model_dir, profile=options.profile)
     with BuildFolder(build_dir) as folder:
         return _build(pipe, model_dir, folder, options, progress)
+
+
+def _export(pipe, model_dir: Path, folder: BuildFolder, options: BuildOptions, quantized: dict, progress) -> Manifest:
+    """The export stage of either kind of model folder: lidit-export's own, or a diffusers family checkpoint."""
+    from .families.build import export_family
+    from .families.reference import FamilyReference
+
+    if isinstance(pipe, FamilyReference):
+        return export_family(model_dir, folder, options.profile, progress, loaded=(pipe.family, pipe.pipe),
+                             quantized=quantized, precision=options.precision)
+    return export_model(model_dir, folder.path, options.profile, options.prefix_cache, pipe, progress,
+                        quantized=quantized, precision=options.precision, folder=folder)
 
 
 def _build(pipe: LiDiTPipeline, model_dir: Path, folder: BuildFolder, options: BuildOptions, progress) -> Manifest:
@@ -70,10 +84,10 @@ def _build(pipe: LiDiTPipeline, model_dir: Path, folder: BuildFolder, options: B
                              extra_exclude=list(options.exclude)).validate()
         prompts = load_prompts(options.prompts_file, split="calibration", model_dir=model_dir)
         count = policy.calibration_prompts if options.num_prompts is None else options.num_prompts
-        steps = pipe.config.scheduler.default_steps if options.steps is None else options.steps
+        default_steps, cfg, height, width = pipe.defaults
+        steps = default_steps if options.steps is None else options.steps
         settings = CalibrationSettings(prompts=prompts[:count], steps=steps,
-                                       cfg=pipe.config.scheduler.default_cfg, seed=options.seed,
-                                       height=pipe.config.default_height, width=pipe.config.default_width)
+                                       cfg=cfg, seed=options.seed, height=height, width=width)
         t0 = time.perf_counter()
         quantized = calibrate(pipe, model_dir, recipe, settings, build_dir / "calibration", progress)
         report["stages"]["calibrate"] = {"seconds": time.perf_counter() - t0, "prompts": len(settings.prompts),
@@ -89,8 +103,7 @@ def _build(pipe: LiDiTPipeline, model_dir: Path, folder: BuildFolder, options: B
             for why, layers in reasons.items():
                 progress(f"    kept ({why}): {', '.join(layers[:4])}{' ...' if len(layers) > 4 else ''}")
     t0 = time.perf_counter()
-    manifest = export_model(model_dir, build_dir, options.profile, options.prefix_cache, pipe, progress,
-                            quantized=quantized, precision=precision, folder=folder)
+    manifest = _export(pipe, model_dir, folder, options, quantized, progress)
     report["stages"]["export"] = {"seconds": time.perf_counter() - t0}
     report["components"] = {}
     for name, rec in manifest.components.items():

@@ -10,6 +10,7 @@ A model folder (diffusers `save_pretrained` in spirit; safetensors only, never p
 """
 from __future__ import annotations
 
+import copy
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -111,6 +112,32 @@ class LiDiTPipeline:
         # and evaluation run larger ones).
         specs = graph_specs(config)
         self.limits = replace(RequestLimits.from_dims(specs["dit"].dims, specs["vae_decoder"].dims), max_batch=None)
+
+    family_name = None  # lidit-export's own architecture (the diffusers families are FamilyReference)
+
+    @property
+    def dit_depth(self) -> int:
+        return self.config.transformer.depth
+
+    @property
+    def defaults(self) -> tuple[int, float, int, int]:
+        """steps, cfg, height, width of an unspecified request."""
+        c = self.config
+        return c.scheduler.default_steps, c.scheduler.default_cfg, c.default_height, c.default_width
+
+    def with_modules(self, modules: dict) -> "LiDiTPipeline":
+        """A view of this pipeline with components (by graph name) swapped, e.g. calibration's observed copies."""
+        from ..components import component
+
+        view = copy.copy(self)
+        for name, module in modules.items():
+            setattr(view, component(name).module_attr, module)
+        return view
+
+    def calibration_identity(self) -> tuple[dict, list[Path]]:
+        """What a calibration of this model depends on: the config and the weight files."""
+        files = [WEIGHTS["refiner"], WEIGHTS["dit"]] + [f"{e.path}/model.safetensors" for e in self.config.encoders]
+        return self.config.to_dict(), [self.path / rel for rel in files]
 
     @property
     def geometry(self) -> LatentGeometry:

@@ -23,7 +23,7 @@ from lidit_runtime.pipeline import GenerateRequest
 from lidit_runtime.precision import Precision
 
 from ..artifacts import atomic_directory
-from ..components import WEIGHTS, component
+from ..components import component
 from ..errors import ArtifactError, ConfigError
 from .recipes import LayerPlan, QuantRecipe, modelopt, modelopt_config, plan_layers
 
@@ -62,27 +62,24 @@ def calibration_key(model_dir: Path, pipe, recipe: QuantRecipe, settings: Calibr
     of the recipe's rules in code invalidates it too, not only a change of the recipe's fields)."""
     import importlib.metadata as md
 
+    identity, files = pipe.calibration_identity()
     h = hashlib.sha256()
-    h.update(json.dumps({"recipe": recipe.to_dict(), "settings": asdict(settings), "config": pipe.config.to_dict(),
+    h.update(json.dumps({"recipe": recipe.to_dict(), "settings": asdict(settings), "model": identity,
                          "plans": {c: p.to_dict() for c, p in plans.items()},
                          "modelopt": md.version("nvidia-modelopt")}, sort_keys=True).encode())
-    files = [WEIGHTS["refiner"], WEIGHTS["dit"]] + [f"{e.path}/model.safetensors" for e in pipe.config.encoders]
-    for rel in files:
-        path = Path(model_dir) / rel
-        h.update(file_sha256(path).encode() if path.exists() else rel.encode())
+    for path in files:
+        h.update(file_sha256(path).encode() if path.exists() else str(path.name).encode())
     return h.hexdigest()[:16]
 
 
 def _plans(pipe, recipe: QuantRecipe) -> dict[str, LayerPlan]:
-    return {c: plan_layers(c, component(c).module(pipe), recipe,
-                           pipe.config.transformer.depth if c == "dit" else None) for c in recipe.components}
+    return {c: plan_layers(c, component(c).module(pipe), recipe, pipe.dit_depth if c == "dit" else None,
+                           pipe.family_name) for c in recipe.components}
 
 
 def _run_sampler(pipe, modules: nn.ModuleDict, settings: CalibrationSettings, progress) -> None:
     """The forward loop: the reference sampler with the observed components swapped in."""
-    view = copy.copy(pipe)
-    for c, module in modules.items():
-        setattr(view, component(c).module_attr, module)
+    view = pipe.with_modules(dict(modules.items()))
     prompts = settings.prompts
     for start in range(0, len(prompts), settings.batch):
         chunk = prompts[start: start + settings.batch]

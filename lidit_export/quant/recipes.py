@@ -46,6 +46,23 @@ SENSITIVE_INT8 = {
     "dit": [("*cross_attn.to_k", "cross-attention K/V of the text context (per-token outliers; INT8)"),
             ("*cross_attn.to_v", "cross-attention K/V of the text context (per-token outliers; INT8)")],
 }
+# The diffusers families (names of lidit_export.families.graphs' modules), by the same rules: timestep and
+# caption embedders (the caption embedder reads raw LLM states, massive-activation channels included), the patch
+# embedder, every modulation (Z-Image's adaLN, Lumina-2's RMSNormZero / continuous LayerNorm) and the final layer.
+FAMILY_SENSITIVE = {
+    "z-image": {
+        "dit": [("t_embedder.*", "timestep embedder"), ("x_embedder", "patch embedder"),
+                ("*adaLN_modulation*", "adaLN modulation (scales every activation of its block)"),
+                ("final.*", "final layer")],
+        "refiner": [("cap_embedder.*", "caption embedder of raw LLM states (massive-activation channels)")],
+    },
+    "lumina2": {
+        "dit": [("timestep_embedder.*", "timestep embedder"), ("x_embedder", "patch embedder"),
+                ("*norm1.linear", "RMSNormZero modulation (scales every activation of its block)"),
+                ("norm_out.*", "final layer and its modulation")],
+        "refiner": [("caption_embedder.*", "caption embedder of raw LLM states (massive-activation channels)")],
+    },
+}
 DEEP_MODEL_BLOCKS = 16  # models at least this deep also keep their first and last 2 blocks
 
 
@@ -95,15 +112,21 @@ class LayerPlan:
                 "attention": self.attention}
 
 
-def plan_layers(component: str, module: nn.Module, recipe: QuantRecipe, depth: int | None = None) -> LayerPlan:
+def plan_layers(component: str, module: nn.Module, recipe: QuantRecipe, depth: int | None = None,
+                family: str | None = None) -> LayerPlan:
     """Every nn.Linear of `module` is quantized unless a sensitive pattern, an edge block of a deep
-    model or an extra pattern excludes it. Other layer types (convs, norms) are never quantized."""
-    rules = list(SENSITIVE.get(component, []))
-    if recipe.precision is Precision.INT8:
-        rules += SENSITIVE_INT8.get(component, [])
+    model or an extra pattern excludes it. Other layer types (convs, norms) are never quantized.
+    family: a diffusers family's name (its own sensitive layers and main blocks named `layers`)."""
+    if family is None:
+        rules = list(SENSITIVE.get(component, []))
+        if recipe.precision is Precision.INT8:
+            rules += SENSITIVE_INT8.get(component, [])
+    else:
+        rules = list(FAMILY_SENSITIVE[family].get(component, []))
+    blocks = "blocks" if family is None else "layers"
     if depth is not None and depth >= DEEP_MODEL_BLOCKS and recipe.keep_edge_blocks:
         k = recipe.keep_edge_blocks
-        rules += [(f"blocks.{i}.*", "first/last blocks of a deep model") for i in (*range(k), *range(depth - k, depth))]
+        rules += [(f"{blocks}.{i}.*", "first/last blocks of a deep model") for i in (*range(k), *range(depth - k, depth))]
     rules += [(p, "excluded by the recipe") for p in recipe.extra_exclude]
     from ..model.layers import Attention
 

@@ -11,6 +11,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from .chain import ChainRecord
 from .errors import ArtifactError, ConfigError
 from .sampler import SchedulerConfig
 from .schema import from_dict
@@ -40,6 +41,9 @@ class EncoderRecord:
     pad_token_id: int
     prefix_length: int
     prefix_cached: bool = False  # the encoder graph holds the prefix states and takes caption tokens only
+    whole_text: bool = False  # prefix + caption + suffix tokenized as one text, special tokens and truncation
+    # the tokenizer's own (a diffusers pipeline's call); False: the three pieces tokenized apart and joined
+    negative_prefix_text: str | None = None  # the negative prompt's own prefix (None: the same as prefix_text)
 
     def encoder_inputs(self, input_ids, attention_mask) -> dict:
         """Feeds of this LLM's encoder graph for full-prompt tokens (drops the prefix when it is baked in)."""
@@ -96,6 +100,7 @@ class Manifest:
     components: dict[str, ComponentRecord]
     tool_versions: dict = field(default_factory=dict)
     engines: dict[str, EngineRecord] = field(default_factory=dict)
+    chain: ChainRecord = field(default_factory=ChainRecord)  # how the graphs chain (default: LI-DiT's rules)
 
     @property
     def scheduler_config(self) -> SchedulerConfig:
@@ -227,6 +232,12 @@ def check_manifest(m: Manifest) -> None:
             raise bad(f"encoders[{i}]: max_length {e.max_length}, prefix_length {e.prefix_length} and pad_token_id "
                       f"{e.pad_token_id} must satisfy 0 <= prefix_length < max_length and pad_token_id >= 0")
         _check_digest(e.tokenizer_sha256, f"encoders[{i}].tokenizer_sha256")
+        if e.prefix_cached and (e.whole_text or e.negative_prefix_text is not None):
+            raise bad(f"encoders[{i}]: a cached prefix needs the prefix tokenized apart and shared by every prompt")
+    try:
+        m.chain.validate()
+    except ConfigError as e:
+        raise bad(str(e)) from None
     expected = {f"encoder_{i}" for i in range(len(m.encoders))} | {"refiner", "dit", "vae_decoder"}
     if set(m.components) != expected:
         raise bad(f"components {sorted(m.components)} must be exactly {sorted(expected)}")

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .backends.base import Backend
+from .chain import ChainRecord, check_guidance_fields
 from .errors import ConfigError, NonFiniteError, ShapeError
 from .sampler import MAX_CFG, Sampler, SchedulerConfig, make_plan
 from .tokenize import PromptTokenizer
@@ -53,13 +54,19 @@ class GenerateRequest:
     seed: int = 0
     height: int | None = None
     width: int | None = None
+    cfg_truncation: float | None = None  # guidance off past this progress (chains that truncate; 1: never)
+    cfg_normalization: float | None = None  # guided output renormalised to this multiple of the conditional's
 
-    def with_defaults(self, scheduler: SchedulerConfig, height: int, width: int) -> "GenerateRequest":
+    def with_defaults(self, scheduler: SchedulerConfig, height: int, width: int,
+                      chain: ChainRecord | None = None) -> "GenerateRequest":
+        rule = (chain or ChainRecord()).guidance
         return dataclasses.replace(
             self, steps=scheduler.default_steps if self.steps is None else self.steps,
             cfg=scheduler.default_cfg if self.cfg is None else self.cfg,
             height=height if self.height is None else self.height, width=width if self.width is None else self.width,
-            negative_prompt="" if self.negative_prompt is None else self.negative_prompt)
+            negative_prompt="" if self.negative_prompt is None else self.negative_prompt,
+            cfg_truncation=rule.default_truncation if self.cfg_truncation is None else self.cfg_truncation,
+            cfg_normalization=rule.default_normalization if self.cfg_normalization is None else self.cfg_normalization)
 
 
 def as_request(request: "GenerateRequest | str | Sequence[str]", **fields) -> GenerateRequest:
@@ -96,7 +103,8 @@ def _is_int(value) -> bool:
 
 
 def check_request(request: GenerateRequest, geometry: LatentGeometry, scheduler: SchedulerConfig,
-                  limits: RequestLimits | None, warned: set | None = None) -> tuple[int, int, int, int]:
+                  limits: RequestLimits | None, warned: set | None = None,
+                  chain: ChainRecord | None = None) -> tuple[int, int, int, int]:
     """Refuse what cannot be drawn right, before anything is allocated; returns the latent shape.
 
     Beyond the build's largest size is refused (the graphs were never exported for it: re-export with a
@@ -120,6 +128,7 @@ def check_request(request: GenerateRequest, geometry: LatentGeometry, scheduler:
     cfg = request.cfg
     if not isinstance(cfg, numbers.Real) or isinstance(cfg, bool) or not math.isfinite(cfg) or not 0 <= cfg <= MAX_CFG:
         raise ConfigError(f"cfg={cfg!r} must be a finite number between 0 and {MAX_CFG:g} (1 disables guidance)", "cfg")
+    check_guidance_fields(chain or ChainRecord(), request.cfg_truncation, request.cfg_normalization)
     if not _is_int(request.seed) or not 0 <= request.seed <= MAX_SEED:
         raise ConfigError(f"seed={request.seed!r} must be an integer between 0 and 2**64 - 1", "seed")
     for name in ("height", "width"):
@@ -172,15 +181,17 @@ def encode_conditions(backend: Backend, tokenizers: Sequence[PromptTokenizer], p
                       negative: str | None, uncond_cache: dict | None):
     """Encoder outputs for [prompts; negative x B] (or prompts alone when negative is None).
 
-    Returns per LLM: hidden (R, L, H), mask (R, L), pooled (R, H) as backend arrays, R = 2B or B.
-    Cached unconditional rows are padded with zero states and mask 0; padded tokens are masked in every
-    attention and excluded from the pooled mean, so this equals encoding the rows together.
+    Returns per LLM: hidden (R, L, H), mask (R, L), pooled (R, H) or None (encoders without a pooled
+    output) as backend arrays, R = 2B or B. Cached unconditional rows are padded with zero states and
+    mask 0; padded tokens are masked in every attention and excluded from the pooled mean, so this
+    equals encoding the rows together.
     """
     batch = len(prompts)
     hidden, masks, pooled = [], [], []
     for index, tokenizer in enumerate(tokenizers):
         if negative is None or uncond_cache is None:
-            tokens = tokenizer(prompts + ([negative] * batch if negative is not None else []))
+            rows = tokenizer.rows(prompts) + (tokenizer.rows([negative], negative=True) * batch if negative is not None else [])
+            tokens = tokenizer.pack(rows)
             mask = backend.asarray(tokens.attention_mask)
             h, p = backend.encode_prompt(index, backend.asarray(tokens.input_ids), mask)
             hidden.append(h)
@@ -189,9 +200,10 @@ def encode_conditions(backend: Backend, tokenizers: Sequence[PromptTokenizer], p
             continue
         key = (index, negative)
         if key not in uncond_cache:
-            t = tokenizer([negative])
+            t = tokenizer([negative], negative=True)
             h, p = backend.encode_prompt(index, backend.asarray(t.input_ids), backend.asarray(t.attention_mask))
-            uncond_cache[key] = (backend.to_numpy(h).copy(), backend.to_numpy(p).copy(), t.attention_mask)
+            uncond_cache[key] = (backend.to_numpy(h).copy(), None if p is None else backend.to_numpy(p).copy(),
+                                 t.attention_mask)
         u_hidden, u_pooled, u_mask = uncond_cache[key]
         cond = tokenizer(prompts)
         length = max(cond.input_ids.shape[1], u_mask.shape[1])
@@ -203,15 +215,31 @@ def encode_conditions(backend: Backend, tokenizers: Sequence[PromptTokenizer], p
         h, p = backend.encode_prompt(index, backend.asarray(cond.input_ids), backend.asarray(cond.attention_mask))
         hidden.append(backend.concat([h, backend.asarray(np.repeat(u_hidden, batch, 0))], axis=0))
         masks.append(backend.asarray(np.concatenate([cond.attention_mask, np.repeat(u_mask, batch, 0)])))
-        pooled.append(backend.concat([p, backend.asarray(np.repeat(u_pooled, batch, 0))], axis=0))
+        pooled.append(None if p is None else backend.concat([p, backend.asarray(np.repeat(u_pooled, batch, 0))], axis=0))
     return hidden, masks, pooled
+
+
+def renormalize(backend: Backend, guided, cond, rule, multiple: float):
+    """The guided output rescaled against the conditional one over the rule's axes (on the host):
+    "match" to multiple x its norm, "clamp" only where it is above that."""
+    g, c = backend.to_numpy(guided), backend.to_numpy(cond)
+    axes = rule.axes(g.ndim)
+    g_norm = np.sqrt((g * g).sum(axis=axes, keepdims=True, dtype=np.float32))
+    c_norm = np.sqrt((c * c).sum(axis=axes, keepdims=True, dtype=np.float32))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.float32(multiple) * c_norm / g_norm
+    if rule.renorm == "clamp":
+        ratio = np.where(g_norm > np.float32(multiple) * c_norm, ratio, np.float32(1.0))
+    return backend.asarray((g * ratio).astype(np.float32))
 
 
 def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry: LatentGeometry,
               scheduler: SchedulerConfig, request: GenerateRequest, *, keep_trajectory: bool = False,
               on_step: Callable[[int, int], None] | None = None, uncond_cache: dict | None = None,
-              limits: RequestLimits | None = None, warned: set | None = None) -> GenerateResult:
-    """Tokenize -> encoders -> per step (refiner + DiT + CFG + sampler update) -> VAE decoder.
+              limits: RequestLimits | None = None, warned: set | None = None,
+              chain: ChainRecord | None = None) -> GenerateResult:
+    """Tokenize -> encoders -> refiner (per step, or once when it does not read the timestep) -> per step
+    (DiT + guidance + sampler update) -> VAE decoder, following `chain` (the manifest's rules; default LI-DiT's).
 
     The request is checked first (check_request; limits: the build's sizes); encoder outputs, final
     latents and the image are checked for NaN / infinity, each failure naming its stage.
@@ -219,38 +247,60 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
     encoder outputs are then computed once and reused (they never change). Without it, cond and
     uncond rows are encoded together as one 2B batch.
     """
+    chain = chain or ChainRecord()
+    rule = chain.guidance
     timings: dict[str, float] = {}
     clock = time.perf_counter
     t_start = clock()
-    shape = check_request(request, geometry, scheduler, limits, warned)
+    shape = check_request(request, geometry, scheduler, limits, warned, chain)
     batch = len(request.prompts)
-    plan = make_plan(scheduler, request.steps)
-    guided = request.cfg != 1.0
+    plan = make_plan(scheduler, request.steps, shape, geometry.patch_size)
+    scale = rule.scale(request.cfg)
+    sigmas = plan.timesteps / scheduler.num_train_timesteps
+    guided = [rule.guided(request.cfg) and not rule.truncated(request.cfg_truncation, i, plan.num_steps, sigmas[i])
+              for i in range(plan.num_steps)]
+    renorm = rule.renorm != "none" and request.cfg_normalization > 0
 
     hidden, masks, pooled = encode_conditions(backend, tokenizers, list(request.prompts),
-                                              request.negative_prompt if guided else None, uncond_cache)
-    for index, p in enumerate(pooled):  # a NaN anywhere in an encoder's states reaches its masked mean
-        check_finite(backend, p, f"encoder {index}")
-    pooled_all = backend.concat(pooled, axis=-1)
+                                              request.negative_prompt if any(guided) else None, uncond_cache)
+    for index, (h, p) in enumerate(zip(hidden, pooled)):  # a NaN anywhere in an encoder's states reaches its mean
+        check_finite(backend, h if p is None else p, f"encoder {index}")
+    pooled_all = None if any(p is None for p in pooled) else backend.concat(pooled, axis=-1)
     backend.synchronize()
     timings["encode"] = clock() - t_start
 
     x = backend.asarray(initial_noise(shape, request.seed))
-    rows = 2 * batch if guided else batch
-    timesteps = backend.asarray(np.repeat(plan.timesteps.astype(np.float32)[:, None], rows, axis=1))  # one upload
+    rows = 2 * batch if any(guided) else batch
+    model_t = chain.timestep_offset + chain.timestep_scale * plan.timesteps
+    timesteps = backend.asarray(np.repeat(model_t.astype(np.float32)[:, None], rows, axis=1))  # one upload
+    refined = None
+    if not chain.refiner_timestep:  # the refiner does not read the timestep: once per request
+        t0 = clock()
+        refined = backend.refine_tokens(hidden, masks, pooled, None)
+        backend.synchronize()
+        timings["refine_once"] = clock() - t0
     conditions = (hidden, masks, pooled, pooled_all, timesteps)
 
     def step(sampler: Sampler, i: int, x, conditions, after_refiner=None):
-        """Refiner + DiT + CFG + sampler update for step i: the chain a CUDA graph captures."""
+        """Refiner + DiT + guidance + sampler update for step i: the chain a CUDA graph captures."""
         hidden, masks, pooled, pooled_all, timesteps = conditions
-        context, context_mask = backend.refine_tokens(hidden, masks, pooled, timesteps[i])
+        context, context_mask = refined if refined is not None else backend.refine_tokens(hidden, masks, pooled,
+                                                                                            timesteps[i])
         if after_refiner is not None:
             after_refiner()
-        x_in = backend.concat([x, x], axis=0) if guided else x
-        out = backend.denoise(x_in, timesteps[i], context, context_mask, pooled_all)
-        if guided:
+        t = timesteps[i]
+        if guided[i]:
+            out = backend.denoise(backend.concat([x, x], axis=0), t, context, context_mask, pooled_all)
             cond, uncond = out[:batch], out[batch:]
-            out = uncond + (cond - uncond) * request.cfg
+            out = uncond + (cond - uncond) * scale
+            if renorm:
+                out = renormalize(backend, out, cond, rule, request.cfg_normalization)
+        else:  # no guidance at this step: the conditional rows alone
+            if rows != batch:
+                context, context_mask, t = context[:batch], context_mask[:batch], t[:batch]
+            out = backend.denoise(x, t, context, context_mask, None if pooled_all is None else pooled_all[:batch])
+        if chain.output_scale != 1.0:
+            out = out * chain.output_scale
         return sampler.step(i, x, out)
 
     def all_steps(x, conditions):
@@ -261,7 +311,8 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
 
     trajectory = []
     replay = getattr(backend, "run_steps", None)  # backends that capture the whole loop (TensorRT: a CUDA graph)
-    if replay is not None and not keep_trajectory:
+    uniform = len(set(guided)) == 1 and not renorm and refined is None  # one graph of device work per step
+    if replay is not None and not keep_trajectory and uniform:
         t0 = clock()
         key = (shape, tuple(tuple(a.shape) for a in (*hidden, *masks)), request.cfg, plan.timesteps.tobytes(),
                plan.coefficients.tobytes())
@@ -276,14 +327,14 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
         sampler = Sampler(plan)
         marks = []
 
-        def refined():
+        def after_refiner():
             backend.synchronize()
             marks.append(clock())
 
         t_refine = t_dit = 0.0
         for i in range(plan.num_steps):
             t0 = clock()
-            x = step(sampler, i, x, conditions, refined)
+            x = step(sampler, i, x, conditions, after_refiner)
             backend.synchronize()
             t_refine += marks[-1] - t0
             t_dit += clock() - marks[-1]
@@ -291,12 +342,13 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
                 trajectory.append(backend.to_numpy(x).copy())
             if on_step is not None:
                 on_step(i + 1, plan.num_steps)
-        timings["refine"] = t_refine
+        timings["refine"] = t_refine + timings.pop("refine_once", 0.0)
         timings["denoise"] = t_dit
 
     check_finite(backend, x, "the denoising loop (refiner + DiT)")
     t0 = clock()
-    image = backend.to_numpy(backend.decode_latents(x))
+    z = x if (chain.latent_scale, chain.latent_shift) == (1.0, 0.0) else x * (1.0 / chain.latent_scale) + chain.latent_shift
+    image = backend.to_numpy(backend.decode_latents(z))
     check_finite(backend, image, "the VAE decoder")
     timings["decode"] = clock() - t0
     timings["total"] = clock() - t_start
@@ -318,6 +370,7 @@ class Pipeline:
         self.tokenizers = list(tokenizers)
         self.geometry = LatentGeometry(manifest.latent_channels, manifest.vae_scale_factor, manifest.patch_size)
         self.scheduler = manifest.scheduler_config
+        self.chain = manifest.chain
         self.limits = RequestLimits.from_dims(manifest.components["dit"].dims, manifest.components["vae_decoder"].dims)
         self.uncond_cache: dict = {}  # negative-prompt encoder outputs, computed once per pipeline
         self._warned: set = set()  # sizes already warned about
@@ -337,7 +390,8 @@ class Pipeline:
         manifest = load_manifest(build_dir, verify=verify)
         tokenizers = [PromptTokenizer(build_file(build_dir, e.tokenizer_file, f"tokenizer of encoder {i}"), e.prefix_text,
                                       e.suffix_text, e.max_length, e.pad_token_id, e.caption_separator,
-                                      prefix_length=e.prefix_length if e.prefix_cached else None)
+                                      prefix_length=e.prefix_length if e.prefix_cached else None,
+                                      whole_text=e.whole_text, negative_prefix_text=e.negative_prefix_text)
                       for i, e in enumerate(manifest.encoders)]
         if backend == "tensorrt":
             from .backends.tensorrt import TensorRTBackend
@@ -353,8 +407,8 @@ class Pipeline:
                  on_step=None, **fields) -> GenerateResult:
         """Draw a GenerateRequest, or a prompt (or list of them) with request fields: generate("a cat", seed=1)."""
         request = as_request(request, **fields).with_defaults(self.scheduler, self.manifest.default_height,
-                                                                self.manifest.default_width)
+                                                                self.manifest.default_width, self.chain)
         with self._lock:
             return run_chain(self.backend, self.tokenizers, self.geometry, self.scheduler, request,
                              keep_trajectory=keep_trajectory, on_step=on_step, uncond_cache=self.uncond_cache,
-                             limits=self.limits, warned=self._warned)
+                             limits=self.limits, warned=self._warned, chain=self.chain)

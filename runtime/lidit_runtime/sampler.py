@@ -23,6 +23,7 @@ from .schema import from_dict
 
 SAMPLERS = ("dpmpp_2m", "ddim", "flow_euler")
 SPACINGS = ("trailing", "linspace", "leading")
+SEQ_LENS = ("patches", "channels")
 MAX_CFG = 100.0  # guidance scales past this only amplify noise; also bounds what a request may ask
 
 
@@ -37,6 +38,16 @@ class SchedulerConfig:
     beta_end: float = 0.02
     timestep_spacing: str = "trailing"  # starts at t = T-1 (Lin et al. 2024); "linspace" = diffusers DPM
     flow_shift: float = 1.0  # SD3-style sigma shift for flow models
+    # Resolution-dependent shift (diffusers' use_dynamic_shifting): sigma' = e^mu / (e^mu + 1/sigma - 1), mu
+    # linear in a sequence length between (base_seq_len, base_shift) and (max_seq_len, max_shift).
+    dynamic_shift: bool = False
+    base_seq_len: int = 256
+    max_seq_len: int = 4096
+    base_shift: float = 0.5
+    max_shift: float = 1.15
+    shift_seq_len: str = "patches"  # "patches": DiT tokens of the image; "channels": the latent's channel count
+    # (what Lumina-2's pipeline passes: latents.shape[1]; reproduced as the pipeline does it)
+    sigma_precision: str = "float64"  # "float32": sigmas rounded as diffusers' FlowMatchEulerDiscreteScheduler does
     default_steps: int = 20
     default_cfg: float = 5.0
 
@@ -55,6 +66,12 @@ class SchedulerConfig:
             raise ConfigError(f"scheduler betas ({self.beta_start}, {self.beta_end}) must satisfy 0 < start < end < 1")
         if self.num_train_timesteps < 2 or self.flow_shift <= 0:
             raise ConfigError("scheduler.num_train_timesteps must be >= 2 and flow_shift > 0")
+        if self.shift_seq_len not in SEQ_LENS or self.sigma_precision not in ("float32", "float64"):
+            raise ConfigError(f"scheduler.shift_seq_len={self.shift_seq_len!r} must be one of {SEQ_LENS} and "
+                              f"sigma_precision={self.sigma_precision!r} float32 or float64")
+        if self.dynamic_shift and not (0 < self.base_seq_len < self.max_seq_len and
+                                       all(map(math.isfinite, (self.base_shift, self.max_shift)))):
+            raise ConfigError("scheduler dynamic shift needs 0 < base_seq_len < max_seq_len and finite shifts")
         if not 1 <= self.default_steps <= self.num_train_timesteps or not 0 <= self.default_cfg <= MAX_CFG:
             raise ConfigError(f"scheduler.default_steps={self.default_steps} must lie in [1, num_train_timesteps] and "
                               f"default_cfg={self.default_cfg} in [0, {MAX_CFG}]")
@@ -95,11 +112,28 @@ def discrete_timesteps(config: SchedulerConfig, steps: int) -> np.ndarray:
     return t.astype(np.int64)
 
 
-def make_plan(config: SchedulerConfig, steps: int) -> SamplingPlan:
+def make_plan(config: SchedulerConfig, steps: int, latent_shape: tuple | None = None,
+              patch_size: int = 1) -> SamplingPlan:
+    """The plan for `steps` steps; latent_shape (B, C, h, w) and patch_size size a dynamic shift."""
     if not 1 <= steps <= config.num_train_timesteps:
         raise ConfigError(f"steps={steps} must be between 1 and {config.num_train_timesteps}")
-    build = {"dpmpp_2m": _dpmpp_2m_plan, "ddim": _ddim_plan, "flow_euler": _flow_euler_plan}[config.sampler]
+    if config.sampler == "flow_euler":
+        return _flow_euler_plan(config, steps, _shift_mu(config, latent_shape, patch_size))
+    build = {"dpmpp_2m": _dpmpp_2m_plan, "ddim": _ddim_plan}[config.sampler]
     return build(config, steps)
+
+
+def _shift_mu(config: SchedulerConfig, latent_shape, patch_size: int) -> float | None:
+    if not config.dynamic_shift:
+        return None
+    if latent_shape is None:
+        raise ConfigError("this scheduler shifts by resolution: make_plan needs the latent shape")
+    if config.shift_seq_len == "channels":
+        seq_len = latent_shape[1]
+    else:
+        seq_len = (latent_shape[2] // patch_size) * (latent_shape[3] // patch_size)
+    m = (config.max_shift - config.base_shift) / (config.max_seq_len - config.base_seq_len)
+    return seq_len * m + config.base_shift - m * config.base_seq_len
 
 
 def _dpmpp_2m_plan(config: SchedulerConfig, steps: int) -> SamplingPlan:
@@ -141,13 +175,25 @@ def _ddim_plan(config: SchedulerConfig, steps: int) -> SamplingPlan:
     return SamplingPlan(t.astype(np.float64), np.array(rows, dtype=np.float64))
 
 
-def _flow_euler_plan(config: SchedulerConfig, steps: int) -> SamplingPlan:
+def _flow_euler_plan(config: SchedulerConfig, steps: int, mu: float | None = None) -> SamplingPlan:
     # x_s = (1 - s) x0 + s noise, velocity v = noise - x0; integrate ds from 1 to 0 with Euler steps.
-    s = np.linspace(1.0, 0.0, steps + 1)
-    shift = config.flow_shift
-    s = shift * s / (1 + (shift - 1) * s)
+    if config.sigma_precision == "float32":  # diffusers: sigmas as float32 from the first cast on, timesteps s * T
+        s = np.linspace(1.0, 1.0 / steps, steps).astype(np.float32)
+        if mu is not None:
+            s = (math.exp(mu) / (math.exp(mu) + (1 / s - 1))).astype(np.float32)
+        else:
+            s = (np.float32(config.flow_shift) * s / (1 + (np.float32(config.flow_shift) - 1) * s)).astype(np.float32)
+        timesteps = (s * np.float32(config.num_train_timesteps)).astype(np.float64)
+        s = np.append(s.astype(np.float64), 0.0)
+    else:
+        s = np.linspace(1.0, 0.0, steps + 1)
+        if mu is not None:
+            s[:-1] = math.exp(mu) / (math.exp(mu) + (1 / s[:-1] - 1))
+        else:
+            s = config.flow_shift * s / (1 + (config.flow_shift - 1) * s)
+        timesteps = s[:-1] * config.num_train_timesteps
     rows = [(0.0, 1.0, 1.0, s[i + 1] - s[i], 0.0) for i in range(steps)]
-    return SamplingPlan(s[:-1] * config.num_train_timesteps, np.array(rows, dtype=np.float64))
+    return SamplingPlan(timesteps, np.array(rows, dtype=np.float64))
 
 
 class Sampler:

@@ -5,6 +5,10 @@ paper's instruction (wrapped in the LLM's chat template when it has one) and suf
 The three pieces are tokenized separately and joined, so the prefix tokens are the same for every
 caption: their count is fixed per LLM, which makes truncating them a static slice and lets the
 hidden states of the prefix be computed once (the LLM is causal).
+
+`whole_text` instead tokenizes the joined text in one go with the tokenizer's own special tokens and
+truncation at max_length, exactly as a diffusers pipeline calls its HF tokenizer; a negative prompt may
+have its own prefix (Lumina-2 gives the system prompt to the positive prompt only).
 """
 from __future__ import annotations
 
@@ -27,9 +31,14 @@ class TokenizedPrompts:
 
 class PromptTokenizer:
     def __init__(self, tokenizer_file: str, prefix_text: str, suffix_text: str, max_length: int,
-                 pad_token_id: int, caption_separator: str = " ", prefix_length: int | None = None):
+                 pad_token_id: int, caption_separator: str = " ", prefix_length: int | None = None,
+                 whole_text: bool = False, negative_prefix_text: str | None = None):
         """prefix_length: the prefix token count the encoder graph was exported with (checked, when given)."""
         from tokenizers import Tokenizer  # lazy: keeps `import lidit_runtime` light
+
+        self.whole_text = whole_text
+        self.texts = (prefix_text, suffix_text)
+        self.negative_texts = (prefix_text if negative_prefix_text is None else negative_prefix_text, suffix_text)
 
         try:
             self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
@@ -38,6 +47,10 @@ class PromptTokenizer:
                                 "restore the file or rebuild") from None
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
+        if whole_text:
+            self.truncating = Tokenizer.from_str(self.tokenizer.to_str())
+            self.truncating.enable_truncation(max_length)
+            prefix_text = suffix_text = ""  # no pieces: the whole text is one sequence
         self.prefix_ids = self._encode(prefix_text)
         if prefix_length is not None and len(self.prefix_ids) != prefix_length:
             raise ArtifactError(f"tokenizer {tokenizer_file} gives {len(self.prefix_ids)} prefix tokens, the encoder graph "
@@ -59,8 +72,19 @@ class PromptTokenizer:
     def caption_ids(self, caption: str) -> list[int]:
         return self._encode(self.caption_separator + caption) if caption else []
 
-    def __call__(self, captions: list[str], pad_to: int | None = None) -> TokenizedPrompts:
-        """Tokenize a batch; pad_to fixes the padded length (for static engine shapes)."""
+    def _whole(self, caption: str, negative: bool) -> list[int]:
+        prefix, suffix = self.negative_texts if negative else self.texts
+        text = prefix + caption + suffix
+        ids = self.tokenizer.encode(text).ids
+        if len(ids) > self.max_length:
+            log.warning("prompt truncated from %d to %d tokens (max_length): %.60r...", len(ids), self.max_length, caption)
+            ids = self.truncating.encode(text).ids
+        return ids
+
+    def rows(self, captions: list[str], negative: bool = False) -> list[list[int]]:
+        """Token ids of each prompt (negative: through the negative prompt's template), unpadded."""
+        if self.whole_text:
+            return [self._whole(c, negative) for c in captions]
         rows = []
         for caption in captions:
             ids = self.caption_ids(caption)
@@ -69,6 +93,14 @@ class PromptTokenizer:
                             len(ids), self.caption_room, self.max_length, caption)
                 ids = ids[: self.caption_room]
             rows.append(self.prefix_ids + ids + self.suffix_ids)
+        return rows
+
+    def __call__(self, captions: list[str], pad_to: int | None = None, negative: bool = False) -> TokenizedPrompts:
+        """Tokenize a batch; pad_to fixes the padded length (for static engine shapes)."""
+        return self.pack(self.rows(captions, negative), pad_to)
+
+    def pack(self, rows: list[list[int]], pad_to: int | None = None) -> TokenizedPrompts:
+        """Rows of ids right padded into one batch (right padding pinned: the graphs read valid tokens first)."""
         # At least one position after the prefix (masked when the caption and suffix are empty): graphs
         # with the prefix baked in then never see a zero-length input.
         length = max(max(len(r) for r in rows), len(self.prefix_ids) + 1)

@@ -44,27 +44,39 @@ class Backend(Protocol):
 
 class GraphStages:
     """The four stages for backends that run one named graph/engine per stage through
-    `run(name, feeds) -> outputs` (reused buffers) and keep the manifest's `encoders`."""
+    `run(name, feeds) -> outputs` (reused buffers) and keep the manifest's `encoders` and `graph_inputs`
+    (graph -> its input names): each graph is fed the inputs it declares, so a family whose refiner
+    reads no timestep or whose DiT reads no pooled vector runs through the same code."""
 
     encoders: list
+    graph_inputs: dict
 
     def run(self, name: str, feeds: dict) -> list: ...
 
+    def _run(self, name: str, feeds: dict) -> list:
+        wanted = self.graph_inputs[name]
+        return self.run(name, {k: v for k, v in feeds.items() if k in wanted})
+
     def encode_prompt(self, index, input_ids, attention_mask):
         feeds = self.encoders[index].encoder_inputs(input_ids, attention_mask)
-        hidden, pooled = self.run(f"encoder_{index}", feeds)
-        return hidden.copy(), pooled.copy()  # reused across every step: take them out of the shared buffers
+        outputs = self._run(f"encoder_{index}", feeds)
+        # reused across every step: take them out of the shared buffers
+        return outputs[0].copy(), outputs[1].copy() if len(outputs) > 1 else None
 
     def refine_tokens(self, hidden, masks, pooled, timestep):
-        feeds = {"timestep": timestep}
+        feeds = {} if timestep is None else {"timestep": timestep}
         for i, (h, m, p) in enumerate(zip(hidden, masks, pooled)):
-            feeds.update({f"hidden_{i}": h, f"attention_mask_{i}": m, f"pooled_{i}": p})
-        context, mask = self.run("refiner", feeds)
-        return context, mask
+            feeds.update({f"hidden_{i}": h, f"attention_mask_{i}": m})
+            if p is not None:
+                feeds[f"pooled_{i}"] = p
+        context, mask = self._run("refiner", feeds)
+        return (context.copy(), mask.copy()) if timestep is None else (context, mask)  # once: kept for every step
 
     def denoise(self, latents, timestep, context, context_mask, pooled):
-        return self.run("dit", {"latents": latents, "timestep": timestep, "context": context,
-                                "context_mask": context_mask, "pooled": pooled})[0]
+        feeds = {"latents": latents, "timestep": timestep, "context": context, "context_mask": context_mask}
+        if pooled is not None:
+            feeds["pooled"] = pooled
+        return self._run("dit", feeds)[0]
 
     def decode_latents(self, latents):
-        return self.run("vae_decoder", {"latents": latents})[0].copy()
+        return self._run("vae_decoder", {"latents": latents})[0].copy()

@@ -69,6 +69,7 @@ class OnnxRuntimeBackend(GraphStages):
                                     "the build is inconsistent: rebuild it")
         self.output_names = {n: [o.name for o in s.get_outputs()] for n, s in self.sessions.items()}
         self.encoders = manifest.encoders
+        self.graph_inputs = {n: {t["name"] for t in r.inputs} for n, r in manifest.components.items()}
         self._local = threading.local()
 
     @property

@@ -58,6 +58,7 @@ class TensorRTBackend(GraphStages):
         for ctx in self.contexts.values():
             ctx.set_device_memory(self._scratch.data.ptr, scratch)
         self.encoders = manifest.encoders
+        self.graph_inputs = {n: {t["name"] for t in r.inputs} for n, r in manifest.components.items()}
         self._outputs: dict[tuple, dict[str, object]] = {}
         self.cuda_graphs = cuda_graphs and not profile  # per-stage events need the stages outside a graph
         self._graphs: dict[tuple, _CapturedLoop] = {}

@@ -1,0 +1,74 @@
+"""Diffusers pipelines of the LLM-encoder DiT family, each described once: which pipeline class, where its LLM
+is tapped, how its prompt is templated, which graphs restate its refiner and DiT, and the chain rules the
+runtime follows (`lidit_runtime.chain`). Adding a family is adding a row here and its graphs in `graphs.py`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from lidit_runtime.chain import ChainRecord, GuidanceRule
+
+from ..errors import ConfigError
+
+SENTINEL = "\u2063LIDIT_CAPTION\u2063"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    pipeline_class: str  # model_index.json's _class_name
+    encoder_kind: str  # what the README's support table says the LLM is
+    tap: int  # hidden_states[-tap]
+    templates: Callable  # pipe -> (prefix, suffix, negative prefix or None)
+    refiner: str  # class names in graphs.py
+    dit: str
+    chain: ChainRecord
+    shift_seq_len: str  # what the pipeline passes to the dynamic shift: "patches" or "channels"
+    default_steps: int  # the pipeline __call__'s defaults
+    default_cfg: float
+    context_multiple: int = 1  # the refiner pads captions to a multiple of this (Z-Image: 32)
+
+    def default_side(self, pipe) -> int:
+        if self.pipeline_class == "Lumina2Pipeline":
+            return pipe.default_sample_size * pipe.vae_scale_factor
+        return 1024
+
+
+def _chat_template(pipe) -> tuple[str, str, None]:
+    """Z-Image: the user turn of the tokenizer's chat template, generation prompt added, thinking enabled."""
+    text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": SENTINEL}], tokenize=False,
+                                              add_generation_prompt=True, enable_thinking=True)
+    if text.count(SENTINEL) != 1:
+        raise ConfigError("the tokenizer's chat template does not keep the prompt verbatim; this checkpoint's template "
+                          "cannot be split around the caption")
+    prefix, suffix = text.split(SENTINEL)
+    return prefix, suffix, None
+
+
+def _system_prefix(pipe) -> tuple[str, str, str]:
+    """Lumina-2: `system_prompt <Prompt Start> caption` for the prompt; the negative prompt goes alone."""
+    return pipe.system_prompt + " <Prompt Start> ", "", ""
+
+
+Z_IMAGE = Family(
+    "z-image", "ZImagePipeline", "Qwen3", 2, _chat_template, "ZImageRefiner", "ZImageDiT",
+    ChainRecord(family="z-image", refiner_timestep=False, timestep_offset=1.0, timestep_scale=-0.001, output_scale=-1.0,
+                guidance=GuidanceRule(scale_offset=1.0, applies="above_one", truncation="sigma", default_truncation=1.0,
+                                      renorm="clamp", renorm_axes="sample", default_normalization=0.0)),
+    "patches", 50, 5.0, context_multiple=32)
+LUMINA2 = Family(
+    "lumina2", "Lumina2Pipeline", "Gemma-2", 2, _system_prefix, "Lumina2Refiner", "Lumina2DiT",
+    ChainRecord(family="lumina2", refiner_timestep=False, timestep_offset=1.0, timestep_scale=-0.001, output_scale=-1.0,
+                guidance=GuidanceRule(scale_offset=0.0, applies="above_one", truncation="step", default_truncation=1.0,
+                                      renorm="match", renorm_axes="last", default_normalization=1.0)),
+    "channels", 30, 4.0)
+FAMILIES = {f.pipeline_class: f for f in (Z_IMAGE, LUMINA2)}
+
+
+def family_of(pipeline_class: str) -> Family:
+    try:
+        return FAMILIES[pipeline_class]
+    except KeyError:
+        raise ConfigError(f"diffusers pipeline {pipeline_class!r} is not supported; supported: "
+                          f"{', '.join(sorted(FAMILIES))} (and lidit-export's own model folders)") from None
