@@ -58,6 +58,13 @@ def loaded(folders):
     return {name: load_pipeline(folder) for name, folder in folders.items()}
 
 
+@pytest.fixture(scope="module")
+def references(folders, loaded):
+    from lidit_export.families.reference import FamilyReference
+
+    return {name: FamilyReference(folder, ShapeProfile(**PROFILE), loaded[name]) for name, folder in folders.items()}
+
+
 def build(folder, out, precision="fp32", **engines):
     from lidit_export.engine.builder import EngineOptions
 
@@ -122,49 +129,33 @@ def test_fp32_images_equal_the_pipelines_to_one_level(builds, loaded, name):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_every_graph_matches_its_module_at_two_unseen_shapes(builds, loaded, name):
-    """Each ONNX graph against the torch module it was traced from, at batch, caption lengths and latent sizes
+def test_every_graph_matches_its_module_at_two_unseen_shapes(builds, references, name):
+    """Each ONNX graph against the torch module it was traced from, at batches, caption lengths and latent sizes
     it was not traced at (the export shape: batch 2, 96 x 96 px)."""
-    import onnxruntime as ort
+    from lidit_export.check.parity import THRESHOLDS
+    from lidit_export.families.parity import component_rows
 
-    from lidit_export.families.build import graph_modules
-    from lidit_runtime.manifest import load_manifest
+    runtime = Pipeline.load(builds[name])
+    rows = component_rows(references[name], runtime, THRESHOLDS)
+    assert {r["component"] for r in rows} == {"encoder_0", "refiner", "dit", "vae_decoder"} and len(rows) == 10
+    batches = {r["inputs"]["latents"][0] for r in rows if r["component"] == "dit"}
+    latents = {tuple(r["inputs"]["latents"][2:]) for r in rows if r["component"] == "dit"}
+    assert batches == {3, 1} and len(latents) == 2 and (12, 12) not in latents  # not the traced shape
+    for r in rows:
+        assert r["passed"] and r["rel_l2"] <= 1e-5, r
+    if name == "z-image-tiny":  # captions padded to multiples of 32 with attended pad tokens
+        masks = [r for r in rows if r["output"] == "context_mask"]
+        assert all(r["shape"][1] % 32 == 0 for r in masks)
 
-    family, pipe = loaded[name]
-    manifest = load_manifest(builds[name])
-    modules = graph_modules(pipe, family)
-    tokenizer = Pipeline.load(builds[name]).tokenizers[0]
-    rng = np.random.default_rng(0)
-    sessions = {n: ort.InferenceSession(str(builds[name] / r.file)) for n, r in manifest.components.items()}
-    for batch, captions, (h, w) in ((3, ["a cat", "", "a very long caption " * 12], (8, 4)), (1, ["x"], (4, 10))):
-        tokens = tokenizer(captions)
-        ids, mask = tokens.input_ids, tokens.attention_mask
-        with torch.inference_mode():
-            hidden = modules["encoder_0"](torch.from_numpy(ids), torch.from_numpy(mask))
-            context, cmask = modules["refiner"](hidden, torch.from_numpy(mask))
-            latents = torch.from_numpy(rng.standard_normal((batch, 4, h, w), dtype=np.float32))
-            t = torch.from_numpy(rng.uniform(0.05, 0.95, batch).astype(np.float32))
-            expect = {"encoder_0": [hidden], "refiner": [context, cmask],
-                      "dit": [modules["dit"](latents, t, context, cmask)],
-                      "vae_decoder": [modules["vae_decoder"](latents[:1])]}
-        feeds = {"encoder_0": {"input_ids": ids, "attention_mask": mask},
-                 "refiner": {"hidden_0": hidden.numpy(), "attention_mask_0": mask},
-                 "dit": {"latents": latents.numpy(), "timestep": t.numpy(), "context": context.numpy(),
-                         "context_mask": cmask.numpy()},
-                 "vae_decoder": {"latents": latents[:1].numpy()}}
-        for graph, want in expect.items():
-            for got, ref in zip(sessions[graph].run(None, feeds[graph]), want):
-                ref = ref.numpy()
-                assert got.shape == ref.shape, (graph, got.shape, ref.shape)
-                if ref.dtype == np.int64:
-                    assert (got == ref).all()
-                    continue
-                if graph == "encoder_0":  # the LLM's states at padding positions are never read
-                    got, ref = got * mask[..., None], ref * mask[..., None]
-                rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
-                assert rel <= 1e-5, (graph, batch, rel)
-        if name == "z-image-tiny":  # captions padded to multiples of 32 with attended pad tokens
-            assert cmask.shape[1] % 32 == 0 and (cmask.sum(1) % 32 == 0).all()
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_parity_command_checks_a_build_against_diffusers(folders, builds, name, tmp_path):
+    from lidit_export.check.parity import run_parity
+
+    report = run_parity(folders[name], builds[name], tmp_path / "parity", steps=4)
+    assert report.passed, report.failures
+    assert report.image["reference"] == "the diffusers pipeline" and report.image["psnr_db"] >= 60
+    assert report.trajectory["min_cosine"] >= 0.99999 and (tmp_path / "parity" / "parity.json").exists()
 
 
 def test_one_runtime_for_every_family(builds):

@@ -96,20 +96,28 @@ def run_parity(model_dir: str | Path, build_dir: str | Path, out_dir: str | Path
                seed: int = 0, height: int | None = None, width: int | None = None,
                pipe: LiDiTPipeline | None = None) -> ParityReport:
     """The ladder for one build; trajectory and image thresholds are those of the DiT's precision."""
+    from ..families.reference import load_reference
+
     build_dir = Path(build_dir)
     out_dir = Path(out_dir or build_dir / "parity")
-    pipe = pipe or LiDiTPipeline.from_pretrained(model_dir)
+    pipe = pipe or load_reference(model_dir)
     runtime = Pipeline.load(build_dir)
     precision = runtime.manifest.components["dit"].precision
     limits = THRESHOLDS[precision]
     report = ParityReport(precision, limits)
 
-    shapes = parity_shapes(runtime.manifest, pipe.config)
-    report.components = check_components(pipe, runtime, shapes)
+    family = pipe.family_name is not None  # a diffusers checkpoint: its own graphs, and diffusers draws the image
+    if family:
+        from ..families.parity import component_rows
+
+        report.components = component_rows(pipe, runtime, THRESHOLDS)
+    else:
+        report.components = check_components(pipe, runtime, parity_shapes(runtime.manifest, pipe.config))
     report.failures += [f"{r['component']}.{r['output']} at {r['inputs']}: rel_l2 {r['rel_l2']:.3g} > "
                         f"{r['limit']:.3g}" for r in report.components if not r["passed"]]
 
-    request = GenerateRequest([prompt], steps=steps, cfg=cfg, seed=seed, height=height, width=width)
+    request = GenerateRequest([prompt], steps=steps, cfg=cfg, seed=seed, height=height, width=width).with_defaults(
+        runtime.scheduler, runtime.manifest.default_height, runtime.manifest.default_width, runtime.chain)
     ref = pipe.generate(request, keep_trajectory=True)
     out = runtime.generate(request, keep_trajectory=True)
     cosines = [tensor_errors(a, r)["cosine"] for a, r in zip(out.trajectory, ref.trajectory)]
@@ -120,10 +128,15 @@ def run_parity(model_dir: str | Path, build_dir: str | Path, out_dir: str | Path
         report.failures.append(f"latent cosine {cosines[worst]:.6f} at step {worst} < {limits['step_cosine']}")
 
     a, r = out.images[0], ref.images[0]
+    if family:
+        from ..families.parity import diffusers_image
+
+        r = diffusers_image(pipe, request)
     # PSNR of identical images is infinite; JSON has no infinity, so it is capped at 100 dB.
     report.image = {"psnr_db": min(psnr(a, r), 100.0), "ssim": ssim(a, r), "finite": bool(np.isfinite(out.latents).all()),
                     "pixel_std": float(a.std()), "reference_pixel_std": float(r.std()),
-                    "resolution": [ref.request.height, ref.request.width], "prompt": prompt}
+                    "resolution": [ref.request.height, ref.request.width], "prompt": prompt,
+                    "reference": "the diffusers pipeline" if family else "the PyTorch reference"}
     if report.image["psnr_db"] < limits["image_psnr_db"]:
         report.failures.append(f"image PSNR {report.image['psnr_db']:.1f} dB < {limits['image_psnr_db']} dB")
     if report.image["ssim"] < limits["image_ssim"]:

@@ -16,14 +16,23 @@ from ..artifacts import atomic_write_bytes, atomic_write_text
 from ..model.pipeline import LiDiTPipeline
 from ..quant.prompts import load_prompts
 from .metrics import psnr, ssim
-from .parity import check_components, parity_shapes
+from ..export.graph_spec import ShapeProfile
+from .parity import THRESHOLDS, check_components, parity_shapes
 
 
 def evaluate_images(pipe: LiDiTPipeline, runtime: Pipeline, prompts: list[str], steps: int, seed: int):
+    """Build vs reference images; for a diffusers checkpoint the reference image is the diffusers pipeline's."""
     rows, pairs = [], []
+    m = runtime.manifest
     for i, prompt in enumerate(prompts):
-        request = GenerateRequest([prompt], steps=steps, seed=seed + i)  # the model's cfg and size
-        ref = pipe.generate(request).images[0]
+        request = GenerateRequest([prompt], steps=steps, seed=seed + i).with_defaults(  # the build's cfg and size
+            runtime.scheduler, m.default_height, m.default_width, runtime.chain)
+        if pipe.family_name is not None:
+            from ..families.parity import diffusers_image
+
+            ref = diffusers_image(pipe, request)
+        else:
+            ref = pipe.generate(request).images[0]
         out = runtime.generate(request).images[0]
         rows.append({"prompt": prompt, "psnr_db": min(psnr(out, ref), 100.0), "ssim": ssim(out, ref),
                      "pixel_std": float(out.std())})
@@ -37,12 +46,20 @@ def quality_report(model_dir: str | Path, build_dir: str | Path, num_eval: int =
 
     build_dir = Path(build_dir)
     out_dir = build_dir / "report"
-    pipe = LiDiTPipeline.from_pretrained(model_dir)
+    from ..families.reference import load_reference
+
     runtime = Pipeline.load(build_dir)
+    m = runtime.manifest
+    pipe = load_reference(model_dir, profile=ShapeProfile(max_image=max(m.default_height, m.default_width)))
     precision = runtime.manifest.components["dit"].precision
-    steps = pipe.config.scheduler.default_steps if steps is None else steps
+    steps = pipe.defaults[0] if steps is None else steps
     progress(f"quality report for a {precision} build: components ...")
-    components = check_components(pipe, runtime, parity_shapes(runtime.manifest, pipe.config))
+    if pipe.family_name is not None:
+        from ..families.parity import component_rows
+
+        components = component_rows(pipe, runtime, THRESHOLDS)
+    else:
+        components = check_components(pipe, runtime, parity_shapes(runtime.manifest, pipe.config))
     summary = {}
     for row in components:
         key = f"{row['component']}.{row['output']}"
@@ -60,7 +77,9 @@ def quality_report(model_dir: str | Path, build_dir: str | Path, num_eval: int =
         sensitivity = dit_sensitivity(pipe, precision, inputs)
     psnrs = [r["psnr_db"] for r in images]
     report = {
-        "precision": precision, "thresholds": asdict(Precision(precision).policy.thresholds), "components": summary,
+        "precision": precision,
+        "reference": "the diffusers pipeline" if pipe.family_name is not None else "the FP32 PyTorch reference",
+        "thresholds": asdict(Precision(precision).policy.thresholds), "components": summary,
         "images": {"prompts": len(images), "steps": steps, "mean_psnr_db": float(np.mean(psnrs)),
                    "min_psnr_db": float(np.min(psnrs)), "mean_ssim": float(np.mean([r["ssim"] for r in images])),
                    "per_prompt": images},
@@ -74,7 +93,7 @@ def quality_report(model_dir: str | Path, build_dir: str | Path, num_eval: int =
 
 
 def render_markdown(report: dict) -> str:
-    lines = [f"# Quality report: {report['precision']} build vs the FP32 PyTorch reference", "",
+    lines = [f"# Quality report: {report['precision']} build vs {report.get('reference', 'the FP32 PyTorch reference')}", "",
              "| component output | precision | worst rel L2 | min cosine |", "|---|---|---|---|"]
     for key, s in report["components"].items():
         lines.append(f"| {key} | {s['precision']} | {s['worst_rel_l2']:.2e} | {s['min_cosine']:.6f} |")

@@ -27,7 +27,11 @@ class Family:
     shift_seq_len: str  # what the pipeline passes to the dynamic shift: "patches" or "channels"
     default_steps: int  # the pipeline __call__'s defaults
     default_cfg: float
+    guidance_kwargs: Callable = None  # request -> the pipeline __call__'s guidance arguments (parity)
     context_multiple: int = 1  # the refiner pads captions to a multiple of this (Z-Image: 32)
+
+    def diffusers_guidance(self, request) -> dict:
+        return self.guidance_kwargs(request)
 
     def default_side(self, pipe) -> int:
         if self.pipeline_class == "Lumina2Pipeline":
@@ -51,18 +55,31 @@ def _system_prefix(pipe) -> tuple[str, str, str]:
     return pipe.system_prompt + " <Prompt Start> ", "", ""
 
 
+def _z_image_guidance(request) -> dict:
+    return dict(guidance_scale=request.cfg, cfg_truncation=request.cfg_truncation,
+                cfg_normalization=request.cfg_normalization)
+
+
+def _lumina2_guidance(request) -> dict:
+    if request.cfg_normalization not in (0.0, 1.0):
+        raise ConfigError(f"cfg_normalization={request.cfg_normalization}: Lumina-2's pipeline renormalises fully (1) "
+                          "or not at all (0); other multiples have no diffusers counterpart to check against")
+    return dict(guidance_scale=request.cfg, cfg_trunc_ratio=request.cfg_truncation,
+                cfg_normalization=bool(request.cfg_normalization))
+
+
 Z_IMAGE = Family(
     "z-image", "ZImagePipeline", "Qwen3", 2, _chat_template, "ZImageRefiner", "ZImageDiT",
     ChainRecord(family="z-image", refiner_timestep=False, timestep_offset=1.0, timestep_scale=-0.001, output_scale=-1.0,
                 guidance=GuidanceRule(scale_offset=1.0, applies="above_one", truncation="sigma", default_truncation=1.0,
                                       renorm="clamp", renorm_axes="sample", default_normalization=0.0)),
-    "patches", 50, 5.0, context_multiple=32)
+    "patches", 50, 5.0, _z_image_guidance, context_multiple=32)
 LUMINA2 = Family(
     "lumina2", "Lumina2Pipeline", "Gemma-2", 2, _system_prefix, "Lumina2Refiner", "Lumina2DiT",
     ChainRecord(family="lumina2", refiner_timestep=False, timestep_offset=1.0, timestep_scale=-0.001, output_scale=-1.0,
                 guidance=GuidanceRule(scale_offset=0.0, applies="above_one", truncation="step", default_truncation=1.0,
                                       renorm="match", renorm_axes="last", default_normalization=1.0)),
-    "channels", 30, 4.0)
+    "channels", 30, 4.0, _lumina2_guidance)
 FAMILIES = {f.pipeline_class: f for f in (Z_IMAGE, LUMINA2)}
 
 

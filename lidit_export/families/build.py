@@ -173,9 +173,10 @@ def prompt_tokenizer(model_dir: Path, pipe, family: Family) -> tuple[PromptToken
 def graph_modules(pipe, family: Family) -> dict:
     from . import graphs
 
+    transformer = graphs.with_real_rope(pipe.transformer)  # one weight-sharing copy for the refiner and the DiT
     return {"encoder_0": graphs.TappedLLM(pipe.text_encoder, family.tap),
-            "refiner": getattr(graphs, family.refiner)(pipe.transformer),
-            "dit": getattr(graphs, family.dit)(pipe.transformer),
+            "refiner": getattr(graphs, family.refiner)(transformer),
+            "dit": getattr(graphs, family.dit)(transformer),
             "vae_decoder": graphs.VAEImage(pipe.vae)}
 
 

@@ -72,9 +72,17 @@ class RealRopeAttention:
         return attn.to_out[0](out)
 
 
-def _with_real_rope(transformer: nn.Module) -> nn.Module:
-    """A copy of the DiT whose attention processors rotate with real numbers (the loaded one stays as it is)."""
-    model = copy.deepcopy(transformer).float().eval().requires_grad_(False)
+def shared_copy(module: nn.Module) -> nn.Module:
+    """A copy of the module tree that shares every parameter and buffer with the original: a restatement
+    costs no weight memory (a real checkpoint's DiT is tens of GB in float32)."""
+    memo = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    return copy.deepcopy(module, memo)
+
+
+def with_real_rope(transformer: nn.Module) -> nn.Module:
+    """A weight-sharing copy of the DiT whose attention processors rotate with real numbers (the loaded
+    pipeline keeps its own, so diffusers still runs as written)."""
+    model = shared_copy(transformer).eval()
     for module in model.modules():
         if hasattr(module, "set_processor") and hasattr(module, "to_q"):
             if abs(module.scale - (module.to_q.out_features // module.heads) ** -0.5) > 1e-12:
@@ -146,7 +154,7 @@ class ZImageRefiner(nn.Module):
         super().__init__()
         from diffusers.models.transformers.transformer_z_image import RopeEmbedder
 
-        model = _with_real_rope(transformer)
+        model = transformer
         self.cap_embedder, self.blocks, self.pad_token = model.cap_embedder, model.context_refiner, model.cap_pad_token
         self.rope = _Rope(RopeEmbedder.precompute_freqs_cis(model.axes_dims, model.axes_lens, model.rope_theta))
 
@@ -174,7 +182,7 @@ class ZImageDiT(nn.Module):
         super().__init__()
         from diffusers.models.transformers.transformer_z_image import RopeEmbedder
 
-        model = _with_real_rope(transformer)
+        model = transformer
         self.patch = model.all_patch_size[0]
         key = f"{self.patch}-{model.all_f_patch_size[0]}"
         self.x_embedder, self.final = model.all_x_embedder[key], model.all_final_layer[key]
@@ -220,7 +228,7 @@ class Lumina2Refiner(nn.Module):
 
     def __init__(self, transformer):
         super().__init__()
-        model = _with_real_rope(transformer)
+        model = transformer
         self.caption_embedder, self.blocks = model.time_caption_embed.caption_embedder, model.context_refiner
         self.rope = _lumina_rope(model)
 
@@ -241,7 +249,7 @@ class Lumina2DiT(nn.Module):
 
     def __init__(self, transformer):
         super().__init__()
-        model = _with_real_rope(transformer)
+        model = transformer
         self.patch = model.config.patch_size
         self.time_proj, self.timestep_embedder = model.time_caption_embed.time_proj, model.time_caption_embed.timestep_embedder
         self.x_embedder, self.noise_refiner, self.layers, self.norm_out = (
@@ -276,7 +284,7 @@ class VAEImage(nn.Module):
 
     def __init__(self, vae):
         super().__init__()
-        self.vae = copy.deepcopy(vae).float().eval().requires_grad_(False)
+        self.vae = vae
 
     def forward(self, latents):
         image = self.vae.decode(latents).sample
@@ -289,11 +297,12 @@ class TappedLLM(nn.Module):
 
     def __init__(self, model: nn.Module, tap: int):
         super().__init__()
-        base = copy.deepcopy(getattr(model, "model", model)).float().eval().requires_grad_(False)
+        base = shared_copy(getattr(model, "model", model)).eval()
         total = len(base.layers)
         if tap < 1 or tap > total:
             raise ValueError(f"tap {tap} outside 1..{total}")
         if tap > 1:
+            base.config = copy.deepcopy(base.config)
             base.layers = base.layers[: total + 1 - tap]
             base.config.num_hidden_layers = total + 1 - tap
             for name in ("layer_types",):

@@ -22,10 +22,10 @@ def record_dit_inputs(pipe, prompts: list[str], steps: int, every: int, seed: in
     """DiT call arguments from the reference sampler (CFG batch), keeping one step in `every`."""
     calls = []
     hook = pipe.transformer.register_forward_hook(lambda m, args, out: calls.append(tuple(a.clone() for a in args)))
+    _, cfg, height, width = pipe.defaults
     try:
         for i, prompt in enumerate(prompts):
-            pipe.generate(GenerateRequest([prompt], steps=steps, seed=seed + i, height=pipe.config.default_height,
-                                          width=pipe.config.default_width, cfg=pipe.config.scheduler.default_cfg))
+            pipe.generate(GenerateRequest([prompt], steps=steps, seed=seed + i, height=height, width=width, cfg=cfg))
     finally:
         hook.remove()
     return calls[::every]
@@ -41,7 +41,7 @@ def _quantizers(module: nn.Module):
 def dit_sensitivity(pipe, precision: str, inputs: list[tuple]) -> list[dict]:
     mtq = modelopt()
     recipe = QuantRecipe(precision)
-    plan = plan_layers("dit", pipe.transformer, recipe, pipe.config.transformer.depth)
+    plan = plan_layers("dit", pipe.transformer, recipe, pipe.dit_depth, pipe.family_name)
     layers = plan.quantized + list(plan.excluded)
     config = {**modelopt_config(recipe, layers), "algorithm": "max"}  # the recipe's quantizers, no smoothing
     dit = copy.deepcopy(pipe.transformer)

@@ -249,6 +249,11 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
     """
     chain = chain or ChainRecord()
     rule = chain.guidance
+    if request.cfg_truncation is None or request.cfg_normalization is None:  # the chain's defaults
+        request = dataclasses.replace(
+            request, cfg_truncation=rule.default_truncation if request.cfg_truncation is None else request.cfg_truncation,
+            cfg_normalization=rule.default_normalization if request.cfg_normalization is None
+            else request.cfg_normalization)
     timings: dict[str, float] = {}
     clock = time.perf_counter
     t_start = clock()
