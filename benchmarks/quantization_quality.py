@@ -41,8 +41,11 @@ def main() -> None:
     from lidit_export.model.pipeline import INDEX
 
     index = read_index(Path(args.model))
-    name = (f"{family_of(index['_class_name']).name}-{Path(args.model).name}" if index
-            else PipelineConfig.from_json_file(Path(args.model) / INDEX).name)
+    if index is not None:  # a diffusers checkpoint: its folder's name (checked to be a supported family)
+        family_of(index["_class_name"])
+        name = Path(args.model).resolve().name
+    else:
+        name = PipelineConfig.from_json_file(Path(args.model) / INDEX).name
     for precision in args.precisions:
         build = Path(args.builds) / f"{name}-{precision}"
         build_pipeline(args.model, build, BuildOptions(precision=precision, profile=ShapeProfile(max_image=args.max_image),

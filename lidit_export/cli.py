@@ -132,12 +132,24 @@ def _save_image(image, out: Path, fmt: str) -> None:
     atomic_write_bytes(out, buf.getvalue())
 
 
+def _is_checkpoint(folder: Path) -> bool:
+    """A diffusers pipeline folder (its index names a pipeline class) rather than lidit-export's own."""
+    from .families.build import read_index
+
+    return folder.is_dir() and (folder / "model_index.json").exists() and read_index(folder) is not None
+
+
 def _cmd_export(args) -> None:
     from .export.export_build import export_model
     from .export.graph_spec import ShapeProfile
 
     profile = ShapeProfile(max_batch=args.max_batch, max_image=args.max_image)
-    manifest = export_model(args.model, args.out, profile, prefix_cache=not args.no_prefix_cache)
+    if _is_checkpoint(Path(args.model)):  # the FP32 stages of `build`
+        from .stages import BuildOptions, build_pipeline
+
+        manifest = build_pipeline(args.model, args.out, BuildOptions(profile=profile, engines=None))
+    else:
+        manifest = export_model(args.model, args.out, profile, prefix_cache=not args.no_prefix_cache)
     print(f"wrote {Path(args.out) / 'manifest.json'}: {', '.join(manifest.components)}")
 
 
@@ -178,17 +190,16 @@ def _parse_profiles(items: list[str] | None) -> dict:
 
 
 def _cmd_calibrate(args) -> None:
-    from .model.pipeline import LiDiTPipeline
+    from .families.reference import load_reference
     from .quant.calibrate import CalibrationSettings, calibrate
     from .quant.prompts import load_prompts
     from .quant.recipes import QuantRecipe
 
-    pipe = LiDiTPipeline.from_pretrained(args.model)
-    sched = pipe.config.scheduler
+    pipe = load_reference(args.model)
+    default_steps, cfg, height, width = pipe.defaults
     prompts = load_prompts(args.prompts, split="calibration", model_dir=args.model)[: args.num]
-    steps = sched.default_steps if args.steps is None else args.steps
-    settings = CalibrationSettings(prompts, steps=steps, cfg=sched.default_cfg,
-                                   seed=args.seed, height=pipe.config.default_height, width=pipe.config.default_width)
+    steps = default_steps if args.steps is None else args.steps
+    settings = CalibrationSettings(prompts, steps=steps, cfg=cfg, seed=args.seed, height=height, width=width)
     result = calibrate(pipe, args.model, QuantRecipe(args.precision, smoothquant_alpha=args.alpha), settings,
                        Path(args.out) / "calibration")
     for c, q in result.items():
@@ -263,6 +274,17 @@ def _cmd_info(args) -> None:
     if not folder.is_dir():
         raise LiditError(f"info takes a model folder; {folder} is {'a file' if folder.exists() else 'not there'} "
                          "(create one with `lidit-export init --preset tiny --out DIR`)")
+    if _is_checkpoint(folder):
+        from .families.build import describe_checkpoint
+
+        summary = describe_checkpoint(folder)
+        if args.json:
+            print(json.dumps(summary, indent=2))
+            return
+        print(f"{summary['pipeline']} ({summary['family']}): encoder {summary['encoder']}, {summary['tapped_state']}")
+        for slot, c in summary["components"].items():
+            print(f"  {slot}: {c['class']}, {c['params'] / 1e6:.2f}M params")
+        return
     config = load_model_config(folder)
     summary = describe(config, folder, args.height, args.width, args.text_tokens)
     if args.json:

@@ -206,12 +206,16 @@ def test_quantized_builds_pass_the_image_gate_against_diffusers(folders, loaded,
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
                     reason="TensorRT for RTX not installed: pip install tensorrt-rtx")
 @pytest.mark.parametrize("name", FAMILIES)
-def test_tensorrt_for_rtx_builds_every_engine(folders, name, tmp_path):
-    manifest, _ = build(folders[name], tmp_path / "trt", target="trt-rtx")
+@pytest.mark.parametrize("precision", ["fp32", "fp8"])
+def test_tensorrt_for_rtx_builds_every_engine(folders, name, precision, tmp_path):
+    """Built on this CPU for an RTX GPU (compute capability 8.9); running them needs that GPU."""
+    manifest, _ = build(folders[name], tmp_path / "trt", precision, target="trt-rtx")
     assert set(manifest.engines) == {"encoder_0", "refiner", "dit", "vae_decoder"}
     for rec in manifest.engines.values():
         assert rec.target == "trt-rtx" and (tmp_path / "trt" / rec.file).stat().st_size > 10_000
         assert rec.dims == manifest.components[rec.name].dims
+        assert rec.precision == manifest.components[rec.name].precision
+    assert manifest.engines["dit"].precision == precision
 
 
 # --- untrusted folders and requests -------------------------------------------------------------------------
@@ -291,3 +295,31 @@ def test_negative_prompts_get_their_own_template(builds):
     tok = runtime.tokenizers[0]
     assert tok.rows([""], negative=True) == [[0]]  # Lumina-2: BOS alone, no system prompt for the negative
     assert len(tok.rows([""])[0]) > 20  # the positive prompt carries the system prompt
+
+
+def test_export_info_and_calibrate_take_a_checkpoint(folders, tmp_path):
+    import subprocess
+    import sys
+
+    def cli(*args):
+        run = subprocess.run([sys.executable, "-m", "lidit_export.cli", *args], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+
+    folder = str(folders["lumina2-tiny"])
+    cli("export", "--model", folder, "--out", str(tmp_path / "b"), "--max-image", "96", "--max-batch", "1")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert sorted(manifest["components"]) == ["dit", "encoder_0", "refiner", "vae_decoder"]
+    assert manifest["chain"]["family"] == "lumina2" and manifest["encoders"][0]["whole_text"]
+    info = json.loads(cli("info", folder, "--json"))
+    assert info["pipeline"] == "Lumina2Pipeline" and info["tapped_state"] == "hidden_states[-2]"
+    assert all(c["params"] > 10_000 for c in info["components"].values())
+    out = cli("calibrate", "--model", folder, "--out", str(tmp_path / "b"), "--num", "2", "--steps", "2")
+    assert re.search(r"dit: \d+ layers calibrated", out)
+
+
+def test_sides_beyond_the_rotary_tables_are_refused(folders, tmp_path):
+    with pytest.raises(ConfigError, match=r"max_image=512 is above the largest side this model's rotary tables "
+                                          r"cover \(256 px\)"):
+        build_pipeline(folders["z-image-tiny"], tmp_path / "b",
+                       BuildOptions(profile=ShapeProfile(max_image=512), engines=None), progress=lambda *_: None)

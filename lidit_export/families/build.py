@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -180,10 +181,18 @@ def graph_modules(pipe, family: Family) -> dict:
             "vae_decoder": graphs.VAEImage(pipe.vae)}
 
 
+def rope_limit(pipe) -> int:
+    """The largest image side (px) the DiT's rotary tables cover: rows and columns index tables of axes_lens."""
+    lens = pipe.transformer.config.axes_lens
+    patch = (pipe.transformer.config.get("all_patch_size") or [pipe.transformer.config.get("patch_size")])[0]
+    return min(lens[1], lens[2]) * patch * pipe.vae_scale_factor
+
+
 def default_side(pipe, family: Family, profile: ShapeProfile) -> int:
-    """The pipeline's default image side, capped by the build's --max-image (a build never draws above it)."""
-    side = family.default_side(pipe)
+    """The pipeline's default image side, capped by the build's --max-image (a build never draws above it) and
+    by what the rotary tables cover."""
     step = pipe.vae_scale_factor * 2
+    side = min(family.default_side(pipe), rope_limit(pipe) // step * step)
     return side if profile.max_image is None else max(step, min(side, profile.max_image // step * step))
 
 
@@ -195,7 +204,11 @@ def graph_specs(pipe, family: Family, profile: ShapeProfile, max_length: int, pa
     profile = profile.validate()
     f = pipe.vae_scale_factor
     side = default_side(pipe, family, profile)
-    max_image = profile.max_image or 2 * side
+    limit = rope_limit(pipe)
+    if profile.max_image is not None and profile.max_image > limit:
+        raise ConfigError(f"max_image={profile.max_image} is above the largest side this model's rotary tables cover "
+                          f"({limit} px); use --max-image {limit} or less", "max_image")
+    max_image = profile.max_image or min(2 * side, limit)
     latent = (max(profile.min_image // f, patch), side // f, max_image // f)
     if not latent[0] <= latent[1] <= latent[2]:
         raise ConfigError(f"max_image={max_image} is below the smallest image {profile.min_image}", "max_image")
@@ -203,6 +216,9 @@ def graph_specs(pipe, family: Family, profile: ShapeProfile, max_length: int, pa
     text = (1, min(profile.opt_text_tokens, max_length), max_length)
     m = family.context_multiple
     context = tuple(_ceil(t, m) for t in text)
+    if max_length + family.context_multiple >= pipe.transformer.config.axes_lens[0]:
+        raise ConfigError(f"captions of {max_length} tokens need more caption positions than the DiT's rotary table "
+                          f"holds ({pipe.transformer.config.axes_lens[0]}); the checkpoint's config is inconsistent")
     H = pipe.text_encoder.config.hidden_size
     D = pipe.transformer.config.get("dim") or pipe.transformer.config.hidden_size
     C = pipe.transformer.config.in_channels
@@ -325,7 +341,8 @@ def export_family(model_dir: str | Path, folder: BuildFolder, profile: ShapeProf
                     latent_shift=float(vae.shift_factor or 0.0))
     side = default_side(pipe, family, profile)
     if side != family.default_side(pipe):
-        progress(f"  default image side {side} px (the pipeline's {family.default_side(pipe)} is above --max-image)")
+        progress(f"  default image side {side} px (the pipeline's {family.default_side(pipe)}, capped by --max-image "
+                 f"or by the {rope_limit(pipe)} px the rotary tables cover)")
     previous = folder.previous.engines if folder.previous else {}
     return Manifest(
         format=FORMAT, model_name=f"{family.name}:{model_dir.name}", latent_channels=int(pipe.transformer.config.in_channels),
@@ -335,3 +352,27 @@ def export_family(model_dir: str | Path, folder: BuildFolder, profile: ShapeProf
         components=records, tool_versions=tool_versions(),
         engines={n: e for n, e in previous.items() if n in records and e.onnx_sha256 == records[n].sha256},
         chain=chain)
+
+
+def describe_checkpoint(model_dir: str | Path) -> dict:
+    """Family, classes and parameter counts of a checked checkpoint folder, read from the safetensors headers
+    (no weights loaded: cheap for a multi-GB checkpoint)."""
+    from safetensors import safe_open
+
+    model_dir = Path(model_dir)
+    index = read_index(model_dir)
+    family = check_folder(model_dir, index)
+    out = {"family": family.name, "pipeline": family.pipeline_class, "encoder": family.encoder_kind,
+           "tapped_state": f"hidden_states[-{family.tap}]", "components": {}}
+    for slot in WEIGHTED:
+        params = 0
+        for file in sorted((model_dir / slot).glob("*.safetensors")):
+            try:
+                with safe_open(str(build_file(model_dir, f"{slot}/{file.name}", "weights", INDEX,
+                                              "restore the checkpoint")), "pt") as f:
+                    params += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+            except Exception as e:  # safetensors raises its own error type for a damaged header
+                raise ArtifactError(f"{slot}/{file.name} is not a readable safetensors file "
+                                    f"({str(e).splitlines()[0][:100]}); restore the checkpoint") from None
+        out["components"][slot] = {"class": index[slot][1], "params": params}
+    return out
