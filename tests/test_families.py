@@ -323,3 +323,26 @@ def test_sides_beyond_the_rotary_tables_are_refused(folders, tmp_path):
                                           r"cover \(256 px\)"):
         build_pipeline(folders["z-image-tiny"], tmp_path / "b",
                        BuildOptions(profile=ShapeProfile(max_image=512), engines=None), progress=lambda *_: None)
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (("chain", "guidance", "applies"), "sometimes", "chain.guidance.applies='sometimes' is not one of"),
+    (("chain", "latent_scale"), 0.0, "must be non-zero"),
+    (("chain", "timestep_scale"), "fast", "manifest.chain.timestep_scale must be a finite number"),
+    (("encoders", 0, "prefix_cached"), True, "a cached prefix needs the prefix tokenized apart"),
+    (("scheduler", "shift_seq_len"), "pixels", "shift_seq_len='pixels' must be one of"),
+])
+def test_damaged_chain_records_are_refused(builds, tmp_path, path, value, message):
+    from lidit_runtime.errors import ArtifactError
+
+    out = tmp_path / "b"
+    shutil.copytree(builds["lumina2-tiny"], out)
+    data = json.loads((out / "manifest.json").read_text())
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    (out / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match=re.escape(message)) as e:
+        Pipeline.load(out)
+    assert "\n" not in str(e.value) and "rebuild" in str(e.value)
