@@ -47,6 +47,36 @@ def input_key(model_dir: Path, config, comp: Component, spec, prefix_cache: bool
     return h.hexdigest()
 
 
+def export_component(folder: BuildFolder, name: str, spec, key: str, module, sample, precision: Precision,
+                     calibration: str | None, half: bool, progress) -> ComponentRecord:
+    """One graph of a build: reused when its key matches, else traced from `module` on `sample()` (called only
+    then) into a file named after the key. calibration: the calibration key of a quantized module (the graph
+    is then `precision` Q/DQ); half: converted to the half precision."""
+    graph_precision = precision if calibration is not None or half else Precision.FP32
+    if calibration is not None:  # the calibration key covers the recipe, settings and weights
+        key = hashlib.sha256(f"{key}:{precision}:{calibration}".encode()).hexdigest()
+    elif half:
+        key = hashlib.sha256(f"{key}:{precision}".encode()).hexdigest()
+    old = folder.reusable_component(name, key)
+    if old is not None:
+        progress(f"  {name} ({graph_precision}): up to date")
+        return old
+    progress(f"  {name} ({graph_precision}): exporting ...")
+    file = f"onnx/{name}-{key[:16]}.onnx"  # named after its key: the graph of the build in place stays
+    digest = export_graph(module, spec, sample(), folder.path / file, precision=graph_precision)
+    check_exported_io(folder.path / file, spec)
+    data = folder.path / (file + ".data")
+    record = ComponentRecord(
+        name=name, file=file, sha256=digest, precision=graph_precision.value,
+        ort_optimization=graph_precision.policy.ort_optimization,
+        inputs=[asdict(t) for t in spec.inputs], outputs=[asdict(t) for t in spec.outputs],
+        dims={k: list(v) for k, v in spec.dims.items()}, derived_dims=spec.derived_dims, input_key=key,
+        data_file=file + ".data" if data.exists() else None,
+        data_sha256=file_sha256(data) if data.exists() else None)
+    folder.add_component(record)
+    return record
+
+
 def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapeProfile | None = None,
                  prefix_cache: bool = True, pipe: LiDiTPipeline | None = None, progress=print,
                  quantized: dict | None = None, precision: Precision = Precision.FP32,
@@ -78,32 +108,11 @@ def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapePro
             sample[name] = {k: v[:, p:] for k, v in sample[name].items()}
     records = {}
     for comp in components(config):
-        name, spec = comp.name, specs[comp.name]
-        key = input_key(model_dir, config, comp, spec, prefix_cache)
-        half = precision.policy.half and comp.half_convertible
-        graph_precision = precision if name in quantized or half else Precision.FP32
-        if name in quantized:  # the calibration key covers the recipe, settings and weights
-            key = hashlib.sha256(f"{key}:{precision}:{quantized[name].key}".encode()).hexdigest()
-        elif half:
-            key = hashlib.sha256(f"{key}:{precision}".encode()).hexdigest()
-        old = folder.reusable_component(name, key)
-        if old is not None:
-            progress(f"  {name} ({graph_precision}): up to date")
-            records[name] = old
-            continue
-        progress(f"  {name} ({graph_precision}): exporting ...")
-        file = f"onnx/{name}-{key[:16]}.onnx"  # named after its key: the graph of the build in place stays
-        digest = export_graph(modules[name], spec, sample[name], build_dir / file, precision=graph_precision)
-        check_exported_io(build_dir / file, spec)
-        data = build_dir / (file + ".data")
-        records[name] = ComponentRecord(
-            name=name, file=file, sha256=digest, precision=graph_precision.value,
-            ort_optimization=graph_precision.policy.ort_optimization,
-            inputs=[asdict(t) for t in spec.inputs], outputs=[asdict(t) for t in spec.outputs],
-            dims={k: list(v) for k, v in spec.dims.items()}, derived_dims=spec.derived_dims, input_key=key,
-            data_file=file + ".data" if data.exists() else None,
-            data_sha256=file_sha256(data) if data.exists() else None)
-        folder.add_component(records[name])
+        name = comp.name
+        records[name] = export_component(
+            folder, name, specs[name], input_key(model_dir, config, comp, specs[name], prefix_cache), modules[name],
+            lambda name=name: sample[name], precision, quantized[name].key if name in quantized else None,
+            precision.policy.half and comp.half_convertible, progress)
     tokenizers = copy_tokenizers(pipe, build_dir)
     previous = folder.previous.engines if folder.previous else {}
     manifest = Manifest(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lidit_runtime.manifest import FORMAT, ComponentRecord, EncoderRecord, Manifest, build_file, file_sha256
+from lidit_runtime.manifest import FORMAT, EncoderRecord, Manifest, build_file, file_sha256
 from lidit_runtime.sampler import SchedulerConfig
 from lidit_runtime.precision import Precision
 from lidit_runtime.tokenize import PromptTokenizer
@@ -290,8 +290,7 @@ def export_family(model_dir: str | Path, folder: BuildFolder, profile: ShapeProf
     caller commits it). Graphs whose input key did not change are reused. quantized: component -> calibrated
     module (quant.calibrate), exported as `precision` Q/DQ graphs; half precisions convert the refiner and DiT."""
     from ..artifacts import atomic_write_bytes
-    from ..export.export_build import tool_versions
-    from ..export.onnx_export import check_exported_io, export_graph
+    from ..export.export_build import export_component, tool_versions
 
     model_dir = Path(model_dir)
     family, pipe = loaded or load_pipeline(model_dir)
@@ -302,35 +301,20 @@ def export_family(model_dir: str | Path, folder: BuildFolder, profile: ShapeProf
     modules = graph_modules(pipe, family)
     quantized = quantized or {}
     precision = Precision(precision)
-    samples = None
+    samples = {}
+
+    def sample(name: str) -> dict:  # traced inputs, computed only when a graph is not up to date
+        if not samples:
+            samples.update(sample_inputs(modules, tokenizer, specs))
+        return samples[name]
+
     records = {}
     for name, spec in specs.items():
-        key = _input_key(model_dir, family, spec, name)
-        half = precision.policy.half and name in ("refiner", "dit")
-        graph_precision = precision if name in quantized or half else Precision.FP32
-        if name in quantized:  # the calibration key covers the recipe, settings and weights
-            key = hashlib.sha256(f"{key}:{precision}:{quantized[name].key}".encode()).hexdigest()
-        elif half:
-            key = hashlib.sha256(f"{key}:{precision}".encode()).hexdigest()
-        old = folder.reusable_component(name, key)
-        if old is not None:
-            progress(f"  {name} ({graph_precision}): up to date")
-            records[name] = old
-            continue
-        progress(f"  {name} ({graph_precision}): exporting ...")
-        samples = samples or sample_inputs(modules, tokenizer, specs)
-        file = f"onnx/{name}-{key[:16]}.onnx"
-        module = quantized[name].module if name in quantized else modules[name]
-        digest = export_graph(module, spec, samples[name], folder.path / file, precision=graph_precision)
-        check_exported_io(folder.path / file, spec)
-        data = folder.path / (file + ".data")
-        records[name] = ComponentRecord(
-            name=name, file=file, sha256=digest, precision=graph_precision.value,
-            ort_optimization=graph_precision.policy.ort_optimization,
-            inputs=[asdict(t) for t in spec.inputs], outputs=[asdict(t) for t in spec.outputs],
-            dims={k: list(v) for k, v in spec.dims.items()}, derived_dims=spec.derived_dims, input_key=key,
-            data_file=file + ".data" if data.exists() else None, data_sha256=file_sha256(data) if data.exists() else None)
-        folder.add_component(records[name])
+        records[name] = export_component(
+            folder, name, spec, _input_key(model_dir, family, spec, name),
+            quantized[name].module if name in quantized else modules[name], lambda name=name: sample(name),
+            precision, quantized[name].key if name in quantized else None,
+            precision.policy.half and name in ("refiner", "dit"), progress)
     source = _tokenizer_file(model_dir).read_bytes()
     digest = hashlib.sha256(source).hexdigest()
     rel = f"tokenizers/llm_0-{digest[:16]}.json"

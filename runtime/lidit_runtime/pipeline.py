@@ -127,7 +127,9 @@ def check_request(request: GenerateRequest, geometry: LatentGeometry, scheduler:
         raise ConfigError(f"steps={request.steps!r} must be an integer between 1 and {top}", "steps")
     cfg = request.cfg
     if not isinstance(cfg, numbers.Real) or isinstance(cfg, bool) or not math.isfinite(cfg) or not 0 <= cfg <= MAX_CFG:
-        raise ConfigError(f"cfg={cfg!r} must be a finite number between 0 and {MAX_CFG:g} (1 disables guidance)", "cfg")
+        off = 1.0 - (chain or ChainRecord()).guidance.scale_offset
+        raise ConfigError(f"cfg={cfg!r} must be a finite number between 0 and {MAX_CFG:g} ({off:g} disables guidance)",
+                          "cfg")
     check_guidance_fields(chain or ChainRecord(), request.cfg_truncation, request.cfg_normalization)
     if not _is_int(request.seed) or not 0 <= request.seed <= MAX_SEED:
         raise ConfigError(f"seed={request.seed!r} must be an integer between 0 and 2**64 - 1", "seed")
