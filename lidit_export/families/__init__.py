@@ -21,33 +21,35 @@ class Family:
     encoder_kind: str  # what the README's support table says the LLM is
     tap: int  # hidden_states[-tap]
     templates: Callable  # pipe -> (prefix, suffix, negative prefix or None)
+    render: Callable  # (pipe, caption) -> the text the pipeline feeds its tokenizer (checked against the template)
+    side: Callable  # pipe -> the image side the pipeline draws by default
     refiner: str  # class names in graphs.py
     dit: str
     chain: ChainRecord
     shift_seq_len: str  # what the pipeline passes to the dynamic shift: "patches" or "channels"
     default_steps: int  # the pipeline __call__'s defaults
     default_cfg: float
-    guidance_kwargs: Callable = None  # request -> the pipeline __call__'s guidance arguments (parity)
+    guidance_kwargs: Callable  # request -> the pipeline __call__'s guidance arguments (parity)
     context_multiple: int = 1  # the refiner pads captions to a multiple of this (Z-Image: 32)
-
-    def diffusers_guidance(self, request) -> dict:
-        return self.guidance_kwargs(request)
-
-    def default_side(self, pipe) -> int:
-        if self.pipeline_class == "Lumina2Pipeline":
-            return pipe.default_sample_size * pipe.vae_scale_factor
-        return 1024
 
 
 def _chat_template(pipe) -> tuple[str, str, None]:
     """Z-Image: the user turn of the tokenizer's chat template, generation prompt added, thinking enabled."""
-    text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": SENTINEL}], tokenize=False,
-                                              add_generation_prompt=True, enable_thinking=True)
+    text = _chat_render(pipe, SENTINEL)
     if text.count(SENTINEL) != 1:
         raise ConfigError("the tokenizer's chat template does not keep the prompt verbatim; this checkpoint's template "
                           "cannot be split around the caption")
     prefix, suffix = text.split(SENTINEL)
     return prefix, suffix, None
+
+
+def _chat_render(pipe, caption: str) -> str:
+    return pipe.tokenizer.apply_chat_template([{"role": "user", "content": caption}], tokenize=False,
+                                              add_generation_prompt=True, enable_thinking=True)
+
+
+def _system_render(pipe, caption: str) -> str:
+    return pipe.system_prompt + " <Prompt Start> " + caption
 
 
 def _system_prefix(pipe) -> tuple[str, str, str]:
@@ -69,17 +71,23 @@ def _lumina2_guidance(request) -> dict:
 
 
 Z_IMAGE = Family(
-    "z-image", "ZImagePipeline", "Qwen3", 2, _chat_template, "ZImageRefiner", "ZImageDiT",
-    ChainRecord(family="z-image", refiner_timestep=False, timestep_offset=1.0, timestep_scale=-0.001, output_scale=-1.0,
-                guidance=GuidanceRule(scale_offset=1.0, applies="above_one", truncation="sigma", default_truncation=1.0,
-                                      renorm="clamp", renorm_axes="sample", default_normalization=0.0)),
-    "patches", 50, 5.0, _z_image_guidance, context_multiple=32)
+    name="z-image", pipeline_class="ZImagePipeline", encoder_kind="Qwen3", tap=2, templates=_chat_template,
+    render=_chat_render, side=lambda pipe: 1024, refiner="ZImageRefiner", dit="ZImageDiT",
+    chain=ChainRecord(
+        family="z-image", refiner_timestep=False, timestep_offset=1.0, timestep_scale=-0.001, output_scale=-1.0,
+        guidance=GuidanceRule(scale_offset=1.0, applies="above_one", truncation="sigma", default_truncation=1.0,
+                              renorm="clamp", renorm_axes="sample", default_normalization=0.0)),
+    shift_seq_len="patches", default_steps=50, default_cfg=5.0, guidance_kwargs=_z_image_guidance,
+    context_multiple=32)
 LUMINA2 = Family(
-    "lumina2", "Lumina2Pipeline", "Gemma-2", 2, _system_prefix, "Lumina2Refiner", "Lumina2DiT",
-    ChainRecord(family="lumina2", refiner_timestep=False, timestep_offset=1.0, timestep_scale=-0.001, output_scale=-1.0,
-                guidance=GuidanceRule(scale_offset=0.0, applies="above_one", truncation="step", default_truncation=1.0,
-                                      renorm="match", renorm_axes="last", default_normalization=1.0)),
-    "channels", 30, 4.0, _lumina2_guidance)
+    name="lumina2", pipeline_class="Lumina2Pipeline", encoder_kind="Gemma-2", tap=2, templates=_system_prefix,
+    render=_system_render, side=lambda pipe: pipe.default_sample_size * pipe.vae_scale_factor,
+    refiner="Lumina2Refiner", dit="Lumina2DiT",
+    chain=ChainRecord(
+        family="lumina2", refiner_timestep=False, timestep_offset=1.0, timestep_scale=-0.001, output_scale=-1.0,
+        guidance=GuidanceRule(scale_offset=0.0, applies="above_one", truncation="step", default_truncation=1.0,
+                              renorm="match", renorm_axes="last", default_normalization=1.0)),
+    shift_seq_len="channels", default_steps=30, default_cfg=4.0, guidance_kwargs=_lumina2_guidance)
 FAMILIES = {f.pipeline_class: f for f in (Z_IMAGE, LUMINA2)}
 
 

@@ -153,12 +153,9 @@ def prompt_tokenizer(model_dir: Path, pipe, family: Family) -> tuple[PromptToken
                            negative_prefix_text=negative)
     for caption in CAPTIONS + ["word " * (max_length + 8)]:
         text = prefix + caption + suffix
-        if family.pipeline_class == "ZImagePipeline":
-            rendered = tok.apply_chat_template([{"role": "user", "content": caption}], tokenize=False,
-                                               add_generation_prompt=True, enable_thinking=True)
-            if rendered != text:
-                raise ConfigError("the tokenizer's chat template changes the prompt text (it trims or escapes it); "
-                                  "this checkpoint's template is not supported yet")
+        if family.render(pipe, caption) != text:
+            raise ConfigError("the pipeline's prompt template changes the prompt text (it trims or escapes it); "
+                              "this checkpoint's template is not supported yet")
         want = tok(text, max_length=max_length, truncation=True).input_ids
         logging.getLogger("lidit_runtime.tokenize").disabled = True  # the long sample is truncated on purpose
         try:
@@ -192,7 +189,7 @@ def default_side(pipe, family: Family, profile: ShapeProfile) -> int:
     """The pipeline's default image side, capped by the build's --max-image (a build never draws above it) and
     by what the rotary tables cover."""
     step = pipe.vae_scale_factor * 2
-    side = min(family.default_side(pipe), rope_limit(pipe) // step * step)
+    side = min(family.side(pipe), rope_limit(pipe) // step * step)
     return side if profile.max_image is None else max(step, min(side, profile.max_image // step * step))
 
 
@@ -324,8 +321,8 @@ def export_family(model_dir: str | Path, folder: BuildFolder, profile: ShapeProf
     chain = replace(family.chain, latent_scale=float(vae.scaling_factor),
                     latent_shift=float(vae.shift_factor or 0.0))
     side = default_side(pipe, family, profile)
-    if side != family.default_side(pipe):
-        progress(f"  default image side {side} px (the pipeline's {family.default_side(pipe)}, capped by --max-image "
+    if side != family.side(pipe):
+        progress(f"  default image side {side} px (the pipeline's {family.side(pipe)}, capped by --max-image "
                  f"or by the {rope_limit(pipe)} px the rotary tables cover)")
     previous = folder.previous.engines if folder.previous else {}
     return Manifest(

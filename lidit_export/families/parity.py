@@ -69,5 +69,5 @@ def diffusers_image(ref: FamilyReference, request: GenerateRequest) -> np.ndarra
     image = ref.pipe(list(request.prompts), negative_prompt=request.negative_prompt, height=request.height,
                      width=request.width, num_inference_steps=request.steps,
                      latents=torch.from_numpy(initial_noise(shape, request.seed)), output_type="np",
-                     **ref.family.diffusers_guidance(request)).images[0]
+                     **ref.family.guidance_kwargs(request)).images[0]
     return (image * 255).round().astype(np.uint8)
