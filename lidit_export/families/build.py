@@ -178,11 +178,21 @@ def graph_modules(pipe, family: Family) -> dict:
             "vae_decoder": graphs.VAEImage(pipe.vae)}
 
 
+def patch_size(pipe) -> int:
+    config = pipe.transformer.config
+    return int((config.get("all_patch_size") or [config.get("patch_size")])[0])
+
+
+def chain_of(pipe, family: Family):
+    """The family's chain record with this checkpoint's VAE scale and shift."""
+    vae = pipe.vae.config
+    return replace(family.chain, latent_scale=float(vae.scaling_factor), latent_shift=float(vae.shift_factor or 0.0))
+
+
 def rope_limit(pipe) -> int:
     """The largest image side (px) the DiT's rotary tables cover: rows and columns index tables of axes_lens."""
     lens = pipe.transformer.config.axes_lens
-    patch = (pipe.transformer.config.get("all_patch_size") or [pipe.transformer.config.get("patch_size")])[0]
-    return min(lens[1], lens[2]) * patch * pipe.vae_scale_factor
+    return min(lens[1], lens[2]) * patch_size(pipe) * pipe.vae_scale_factor
 
 
 def default_side(pipe, family: Family, profile: ShapeProfile) -> int:
@@ -293,7 +303,7 @@ def export_family(model_dir: str | Path, folder: BuildFolder, profile: ShapeProf
     family, pipe = loaded or load_pipeline(model_dir)
     profile = profile or ShapeProfile()
     tokenizer, encoder_fields = prompt_tokenizer(model_dir, pipe, family)
-    patch = (pipe.transformer.config.get("all_patch_size") or [pipe.transformer.config.get("patch_size")])[0]
+    patch = patch_size(pipe)
     specs = graph_specs(pipe, family, profile, encoder_fields["max_length"], patch)
     modules = graph_modules(pipe, family)
     quantized = quantized or {}
@@ -317,9 +327,6 @@ def export_family(model_dir: str | Path, folder: BuildFolder, profile: ShapeProf
     rel = f"tokenizers/llm_0-{digest[:16]}.json"
     if not (folder.path / rel).is_file() or file_sha256(folder.path / rel) != digest:
         atomic_write_bytes(folder.path / rel, source)
-    vae = pipe.vae.config
-    chain = replace(family.chain, latent_scale=float(vae.scaling_factor),
-                    latent_shift=float(vae.shift_factor or 0.0))
     side = default_side(pipe, family, profile)
     if side != family.side(pipe):
         progress(f"  default image side {side} px (the pipeline's {family.side(pipe)}, capped by --max-image "
@@ -332,7 +339,7 @@ def export_family(model_dir: str | Path, folder: BuildFolder, profile: ShapeProf
         encoders=[EncoderRecord(rel, digest, prefix_length=0, prefix_cached=False, **encoder_fields)],
         components=records, tool_versions=tool_versions(),
         engines={n: e for n, e in previous.items() if n in records and e.onnx_sha256 == records[n].sha256},
-        chain=chain)
+        chain=chain_of(pipe, family))
 
 
 def describe_checkpoint(model_dir: str | Path) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +17,8 @@ import torch
 from lidit_runtime.pipeline import GenerateRequest, GenerateResult, LatentGeometry, as_request, run_chain
 
 from ..export.graph_spec import ShapeProfile
-from .build import default_side, graph_modules, load_pipeline, prompt_tokenizer, scheduler_config
+from .build import (chain_of, default_side, graph_modules, load_pipeline, patch_size, prompt_tokenizer,
+                    scheduler_config)
 
 
 class FamilyReference:
@@ -27,12 +28,9 @@ class FamilyReference:
         self.tokenizer, self.encoder_fields = prompt_tokenizer(self.path, self.pipe, self.family)
         self.modules = graph_modules(self.pipe, self.family)
         self.scheduler = scheduler_config(self.pipe, self.family)
-        vae = self.pipe.vae.config
-        self.chain = replace(self.family.chain, latent_scale=float(vae.scaling_factor),
-                             latent_shift=float(vae.shift_factor or 0.0))
-        config = self.pipe.transformer.config
-        self.patch_size = int((config.get("all_patch_size") or [config.get("patch_size")])[0])
-        self.geometry = LatentGeometry(int(config.in_channels), int(self.pipe.vae_scale_factor), self.patch_size)
+        self.chain = chain_of(self.pipe, self.family)
+        self.geometry = LatentGeometry(int(self.pipe.transformer.config.in_channels), int(self.pipe.vae_scale_factor),
+                                       patch_size(self.pipe))
         self.side = default_side(self.pipe, self.family, profile or ShapeProfile())
         self.device = torch.device("cpu")
 
