@@ -6,9 +6,24 @@ import os
 import platform
 
 
-def describe_environment() -> dict:
-    from lidit_export.export.export_build import tool_versions
+PACKAGES = ("lidit-export", "lidit-runtime", "torch", "transformers", "diffusers", "onnx", "onnxruntime",
+            "onnxruntime-gpu", "tokenizers", "numpy", "nvidia-modelopt", "tensorrt", "tensorrt-rtx", "nvidia-pytriton")
 
+
+def versions() -> dict:
+    """Installed versions of the packages that matter (works in a runtime-only venv without torch)."""
+    import importlib.metadata as md
+
+    found = {}
+    for pkg in PACKAGES:
+        try:
+            found[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return found
+
+
+def describe_environment() -> dict:
     cpu = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -29,7 +44,8 @@ def describe_environment() -> dict:
         pass
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "memory_gib": memory_gib, "gpu": gpu, "versions": tool_versions()}
+            "cpu_count": os.cpu_count(), "memory_gib": memory_gib, "gpu": gpu, "versions": versions(),
+            "load_average_1m": os.getloadavg()[0]}
 
 
 def percentiles(samples: list[float]) -> dict:

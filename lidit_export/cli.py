@@ -3,73 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import math
-import os
 import sys
-import traceback
 from pathlib import Path
 
+from lidit_runtime.cli import POSITIVE, SEED, Parser, add_request_flags, draw, finite, flag_for, int_in, run_command
 from lidit_runtime.precision import Precision
 
 from .errors import LiditError
-
-IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}  # what --out may end in
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line (what was wrong, where to look) and exit 2, like every other error."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
-
-
-def _int_in(lo: int, hi: int | None = None):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < lo or (hi is not None and value > hi):
-            raise argparse.ArgumentTypeError(f"{value} must be >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
-        return value
-    parse.__name__ = "integer"
-    return parse
-
-
-def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
-    return value
-
-
-_finite.__name__ = "number"
-POSITIVE, SEED = _int_in(1), _int_in(0, 2**64 - 1)
-
-
-def prepare_output(out: Path) -> str:
-    """Check where an image goes before any work is done: the format from the extension, a folder that
-    exists (created if missing) and takes a file. Returns the PIL format name."""
-    import tempfile
-
-    if out.is_dir():
-        raise LiditError(f"--out {out} is a folder; give a file name such as {out / 'image.png'}")
-    fmt = IMAGE_FORMATS.get(out.suffix.lower())
-    if fmt is None:
-        raise LiditError(f"--out {out}: the extension {out.suffix or '(none)'!r} names no image format we write; "
-                         f"use one of {', '.join(IMAGE_FORMATS)}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".probe"):
-            pass
-    except OSError as e:
-        raise LiditError(f"--out {out}: cannot write into {out.parent} ({e.strerror}); choose a writable "
-                         "folder") from None
-    return fmt
 
 
 def _cmd_init(args) -> None:
@@ -82,9 +22,6 @@ def _cmd_init(args) -> None:
 def _cmd_generate(args) -> None:
     from tqdm import tqdm
 
-    from lidit_runtime.pipeline import GenerateRequest
-
-    fmt = prepare_output(Path(args.out))
     if args.backend == "torch":
         if not args.model:
             raise LiditError("--backend torch needs --model DIR (a model folder)")
@@ -97,10 +34,6 @@ def _cmd_generate(args) -> None:
         from lidit_runtime.pipeline import Pipeline
 
         pipe = Pipeline.load(args.build, backend=args.backend)
-    # None (a flag left out) means the model's default; the pipeline resolves and checks every field
-    request = GenerateRequest([args.prompt], negative_prompt=args.negative_prompt, steps=args.steps, cfg=args.cfg,
-                              seed=args.seed, height=args.height, width=args.width, cfg_truncation=args.cfg_truncation,
-                              cfg_normalization=args.cfg_normalization)
     bars = []  # the bar starts with the first step, so a refused request prints its error alone
 
     def on_step(i, n):
@@ -109,27 +42,10 @@ def _cmd_generate(args) -> None:
         bars[0].update(1)
 
     try:
-        result = pipe.generate(request, on_step=on_step)
+        draw(pipe, args, args.backend, on_step)
     finally:
         for bar in bars:
             bar.close()
-    _save_image(result.images[0], Path(args.out), fmt)
-    timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
-    drawn = result.request
-    print(f"wrote {args.out} ({drawn.width}x{drawn.height}, {drawn.steps} steps, cfg {drawn.cfg}, "
-          f"{args.backend}): {timings}")
-
-
-def _save_image(image, out: Path, fmt: str) -> None:
-    import io
-
-    from PIL import Image
-
-    from .artifacts import atomic_write_bytes
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
-    atomic_write_bytes(out, buf.getvalue())
 
 
 def _is_checkpoint(folder: Path) -> bool:
@@ -305,7 +221,7 @@ def _cmd_info(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="lidit-export", description=__doc__)
+    parser = Parser(prog="lidit-export", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -320,23 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="text -> PNG")
     p.add_argument("--model", help="model folder (--backend torch)")
     p.add_argument("--build", help="build folder from `lidit-export export` (--backend onnxruntime)")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--negative-prompt", default="")
-    p.add_argument("--out", default="image.png")
-    p.add_argument("--steps", type=POSITIVE, default=None, help="default: the scheduler config's")
-    p.add_argument("--cfg", type=_finite, default=None, help="guidance scale (the model's own convention: "
-                   "1 disables CFG for LI-DiT and Lumina-2, 0 for Z-Image)")
-    p.add_argument("--cfg-truncation", type=_finite, default=None,
-                   help="no guidance past this progress, 0..1 (models whose chain truncates; default: the model's)")
-    p.add_argument("--cfg-normalization", type=_finite, default=None,
-                   help="renormalise the guided output to this multiple of the conditional's norm (0: off)")
-    p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--height", type=POSITIVE, default=None)
-    p.add_argument("--width", type=POSITIVE, default=None)
+    add_request_flags(p)
     p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("export", help="model folder -> one ONNX graph per component + manifest.json")
@@ -357,8 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="auto", choices=["auto", "trt", "trt-rtx", "none"],
                    help="TensorRT engines: full TensorRT, TensorRT for RTX, whichever is installed, or none")
     p.add_argument("--compute-capability", default=None, help="engine GPU, e.g. 8.9 (default: this GPU; 8.9 for trt-rtx)")
-    p.add_argument("--opt-level", type=_int_in(0, 5), default=3, help="TensorRT builder optimization level 0-5")
-    p.add_argument("--workspace-gib", type=_finite, default=4.0)
+    p.add_argument("--opt-level", type=int_in(0, 5), default=3, help="TensorRT builder optimization level 0-5")
+    p.add_argument("--workspace-gib", type=finite, default=4.0)
     p.add_argument("--profile", action="append", help="engine profile override COMPONENT.DIM=MIN,OPT,MAX (repeatable)")
     p.add_argument("--refit", action="store_true", help="refittable engines")
     p.add_argument("--strip-weights", action="store_true", help="weightless engines (with --refit)")
@@ -367,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=POSITIVE, default=None, help="calibration prompts (default 128 for fp8, 64 for int8)")
     p.add_argument("--steps", type=POSITIVE, default=None, help="sampler steps while calibrating (default: production)")
     p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--alpha", type=_finite, default=0.5, help="SmoothQuant alpha (int8)")
+    p.add_argument("--alpha", type=finite, default=0.5, help="SmoothQuant alpha (int8)")
     p.add_argument("--exclude", action="append", help="also keep these layers in high precision: fnmatch pattern "
                    "on refiner/DiT layer names, e.g. 'blocks.0.mlp.*' (repeatable; see the report's sensitivity table)")
     p.add_argument("--max-batch", type=POSITIVE, default=4)
@@ -383,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=POSITIVE, default=128)
     p.add_argument("--steps", type=POSITIVE, default=None)
     p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--alpha", type=_finite, default=0.5)
+    p.add_argument("--alpha", type=finite, default=0.5)
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("parity", help="exported graphs vs the PyTorch reference: components, trajectory, image")
@@ -413,12 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("scenes", "steps", "batch", "vae_steps", "vae_batch", "width", "depth", "heads", "pe_depth"):
         p.add_argument(f"--{name.replace('_', '-')}", type=POSITIVE, default=None)
     p.add_argument("--seed", type=SEED, default=None)
-    p.add_argument("--lr", type=_finite, default=None)
+    p.add_argument("--lr", type=finite, default=None)
     p.add_argument("--schedule", choices=("constant", "cosine"), default=None,
                    help="learning rate after warm-up (default cosine: decays to 10%% at --steps)")
     p.add_argument("--init", default=None, help="start from this model folder's refiner + DiT (e.g. models/mini)")
-    p.add_argument("--max-minutes", type=_finite, default=None, help="stop training after this long (steps done are recorded)")
-    p.add_argument("--checkpoint-minutes", type=_finite, default=None,
+    p.add_argument("--max-minutes", type=finite, default=None, help="stop training after this long (steps done are recorded)")
+    p.add_argument("--checkpoint-minutes", type=finite, default=None,
                    help="write runs/<variant>/checkpoint.pt this often (default 5; 0: never); a rerun resumes from it")
     p.add_argument("--no-eval", action="store_true", help="skip scoring the 200 held-out captions")
     p.set_defaults(func=_cmd_train)
@@ -437,44 +340,12 @@ FIELD_FLAGS = {"num_prompts": "num", "smoothquant_alpha": "alpha", "prompts_file
                "prompts": "prompt"}
 
 
-def flag_of(parser: argparse.ArgumentParser, command: str, field: str | None) -> str | None:
-    """The flag of `command` that sets a library field (most share its name; FIELD_FLAGS lists the others)."""
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    dest = FIELD_FLAGS.get(field, field)
-    return next((a.option_strings[-1] for a in subparsers.choices[command]._actions
-                 if a.dest == dest and a.option_strings), None)
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Exit 0 on success; 2 with one line for anything the user can fix (bad flags, files, requests, an
-    unwritable disk); 130 on Ctrl-C; 1 with one line for the unexpected (-v prints its traceback). A library
-    error about a field is shown with the flag that sets it."""
+    """Exit codes and one-line errors as every lidit command line has them (lidit_runtime.cli.run_command)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
-    try:
-        args.func(args)
-    except LiditError as e:
-        flag = flag_of(parser, args.command, e.field)
-        print(f"error: {flag + ': ' if flag else ''}{e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # disk full, permissions, a path under a file: the environment, not a bug
-        where = f" {e.filename}" if e.filename else ""
-        print(f"error: cannot read or write{where}: {e.strerror or e}; check the path, its permissions and free disk "
-              "space", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; a rerun resumes what was finished", file=sys.stderr)
-        return 130
-    except Exception as e:
-        if args.verbose:
-            traceback.print_exc()
-        message = str(e).splitlines()[0][:200] if str(e) else ""
-        print(f"error: unexpected {type(e).__name__}: {message} (a bug: rerun with -v for the traceback and report it)",
-              file=sys.stderr)
-        return 1
-    return 0
+    return run_command(parser, args, lambda field: flag_for(parser, args.command, field, FIELD_FLAGS),
+                       "interrupted; a rerun resumes what was finished")
 
 
 if __name__ == "__main__":

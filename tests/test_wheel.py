@@ -19,9 +19,11 @@ def _run(args, cwd, env):
 
 @needs_smollm2
 def test_a_wheel_installed_elsewhere_builds_fp8_without_prompts(tmp_path):
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist",
-          REPO], tmp_path, os.environ)
-    (wheel,) = (tmp_path / "dist").glob("lidit_export-*.whl")
+    for project in (REPO / "runtime", REPO):  # two distributions: lidit-export depends on lidit-runtime
+        _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist",
+              project], tmp_path, os.environ)
+    wheels = sorted((tmp_path / "dist").glob("lidit_*.whl"))
+    assert [w.name.split("-")[0] for w in wheels] == ["lidit_export", "lidit_runtime"]
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", venv], tmp_path, os.environ)
     # The dependencies come from this environment's site-packages, named by a path line: Python adds the
@@ -29,7 +31,7 @@ def test_a_wheel_installed_elsewhere_builds_fp8_without_prompts(tmp_path):
     site = Path(_run([venv / "bin/python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                      tmp_path, os.environ).strip())
     (site / "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    _run([venv / "bin/python", "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], tmp_path, os.environ)
+    _run([venv / "bin/python", "-m", "pip", "install", "-q", "--no-deps", "--no-index", *wheels], tmp_path, os.environ)
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}

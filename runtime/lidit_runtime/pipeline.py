@@ -56,6 +56,7 @@ class GenerateRequest:
     width: int | None = None
     cfg_truncation: float | None = None  # guidance off past this progress (chains that truncate; 1: never)
     cfg_normalization: float | None = None  # guided output renormalised to this multiple of the conditional's
+    seeds: Sequence[int] | None = None  # one seed per prompt (each row's noise drawn alone); None: `seed` for all
 
     def with_defaults(self, scheduler: SchedulerConfig, height: int, width: int,
                       chain: ChainRecord | None = None) -> "GenerateRequest":
@@ -133,6 +134,11 @@ def check_request(request: GenerateRequest, geometry: LatentGeometry, scheduler:
     check_guidance_fields(chain or ChainRecord(), request.cfg_truncation, request.cfg_normalization)
     if not _is_int(request.seed) or not 0 <= request.seed <= MAX_SEED:
         raise ConfigError(f"seed={request.seed!r} must be an integer between 0 and 2**64 - 1", "seed")
+    if request.seeds is not None:
+        if not isinstance(request.seeds, (list, tuple)) or len(request.seeds) != len(prompts):
+            raise ConfigError(f"seeds must be a list of one seed per prompt ({len(prompts)})", "seeds")
+        if not all(_is_int(s) and 0 <= s <= MAX_SEED for s in request.seeds):
+            raise ConfigError("every seed must be an integer between 0 and 2**64 - 1", "seeds")
     for name in ("height", "width"):
         if not _is_int(getattr(request, name)):
             raise ConfigError(f"{name}={getattr(request, name)!r} must be an integer number of pixels", name)
@@ -169,9 +175,12 @@ class GenerateResult:
     request: GenerateRequest | None = None  # what was drawn, defaults resolved
 
 
-def initial_noise(shape: Sequence[int], seed: int) -> np.ndarray:
-    """The starting latents, drawn on the host so every backend starts from the same numbers."""
-    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+def initial_noise(shape: Sequence[int], seed: int, seeds: Sequence[int] | None = None) -> np.ndarray:
+    """The starting latents, drawn on the host so every backend starts from the same numbers. seeds: one per
+    row, each row drawn alone (a row then equals the one-prompt request with that seed)."""
+    if seeds is None:
+        return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+    return np.concatenate([np.random.default_rng(s).standard_normal((1, *shape[1:]), dtype=np.float32) for s in seeds])
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -276,7 +285,7 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
     backend.synchronize()
     timings["encode"] = clock() - t_start
 
-    x = backend.asarray(initial_noise(shape, request.seed))
+    x = backend.asarray(initial_noise(shape, request.seed, request.seeds))
     rows = 2 * batch if any(guided) else batch
     model_t = chain.timestep_offset + chain.timestep_scale * plan.timesteps
     timesteps = backend.asarray(np.repeat(model_t.astype(np.float32)[:, None], rows, axis=1))  # one upload
@@ -409,6 +418,14 @@ class Pipeline:
 
             runner = OnnxRuntimeBackend(build_dir, manifest, providers, **backend_options)
         return cls(manifest, runner, tokenizers)
+
+    def prepare(self, request: GenerateRequest | str | Sequence[str], **fields) -> GenerateRequest:
+        """The request with the model's defaults filled in, checked against this build (LiditError if not
+        drawable): what a server validates before it batches requests."""
+        request = as_request(request, **fields).with_defaults(self.scheduler, self.manifest.default_height,
+                                                                self.manifest.default_width, self.chain)
+        check_request(request, self.geometry, self.scheduler, self.limits, None, self.chain)
+        return request
 
     def generate(self, request: GenerateRequest | str | Sequence[str], *, keep_trajectory: bool = False,
                  on_step=None, **fields) -> GenerateResult:
