@@ -257,3 +257,27 @@ with tempfile.TemporaryDirectory() as tmp:
                                                                                     **REQUEST).images[0])
     finally:
         helper.communicate("\n", timeout=60)
+
+
+def test_serving_commands_refuse_bad_input_with_one_line(build, tmp_path):
+    """In the toolchain's venv (no PyTriton): the options are checked first, then the missing extra is named."""
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "lidit_runtime.cli", *map(str, args)], capture_output=True,
+                              text=True, timeout=120)
+
+    cases = [(["serve", "--build", build, "--http-port", "9000", "--grpc-port", "9000"], "must be three different"),
+             (["serve", "--build", tmp_path / "nowhere"], "not found"),
+             (["serve", "--build", build, "--instances", "0"], "argument --instances: 0 must be >= 1"),
+             (["triton-repo", "--build", build, "--out", build], "exists and is not empty"),
+             (["generate", "--build", build, "--prompt", "a", "--steps", "0"], "argument --steps: 0 must be >= 1"),
+             (["generate", "--build", build, "--prompt", "a", "--height", "30", "--out", tmp_path / "x.png"],
+              "resolution 30x64 is not supported")]
+    import importlib.util
+
+    if importlib.util.find_spec("pytriton") is None:
+        cases.append((["serve", "--build", build], "needs NVIDIA PyTriton: `pip install 'lidit-runtime[serve]'`"))
+    for args, message in cases:
+        done = cli(*args)
+        err = done.stderr.strip()
+        assert done.returncode == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err, (
+            args, done.returncode, err)

@@ -166,7 +166,10 @@ def server_command(workspace: Path, repository: Path, options: ServeOptions) -> 
 def serve(build_dir: str | Path, options: ServeOptions | None = None, ready=print) -> int:
     """Run Triton on the build until SIGINT / SIGTERM (forwarded to the server, which finishes in-flight
     requests); returns the server's exit code."""
+    from .manifest import load_manifest
+
     options = (options or ServeOptions()).validate()
+    load_manifest(build_dir, verify=True)  # the build's own errors first, then the server's
     home = triton_home()
     with tempfile.TemporaryDirectory(prefix="lidit-serve-") as tmp:
         tmp = Path(tmp)
