@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -23,18 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lidit_runtime.serve import free_ports, wait_ready
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from environment import describe_environment, percentiles  # noqa: E402
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def infer(port: int, prompt: str, seed: int, steps: int, timeout: float) -> tuple[np.ndarray, dict]:
@@ -56,8 +47,6 @@ def run_config(build: str, instances: int, exact: bool, threads: int, jobs: list
            "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--instances", str(instances),
            "--threads", str(threads), "--max-batch", "4", "--queue-delay-us", "5000"] + (["--exact"] if exact else [])
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    from lidit_runtime.serve import wait_ready
-
     try:
         if not wait_ready(f"http://127.0.0.1:{http}", server, 180):
             raise SystemExit("the server did not become ready")

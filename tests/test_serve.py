@@ -3,7 +3,6 @@ Server (the binary NVIDIA's PyTriton bundles) on 127.0.0.1: same images as in pr
 batching that keeps each request's image, SIGTERM and SIGKILL."""
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import pytest
 from PIL import Image
 
 from lidit_runtime.pipeline import Pipeline
+from lidit_runtime.serve import free_ports, wait_ready
 
 from helpers import needs_smollm2
 
@@ -50,16 +50,6 @@ def build(tiny_folder, tmp_path_factory):
     return out
 
 
-def free_ports(n=3):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 class Server:
     def __init__(self, venv, build, *extra):
         self.http, grpc, metrics = free_ports()
@@ -70,8 +60,6 @@ class Server:
     def start(self):
         self.process = subprocess.Popen([str(a) for a in self.args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True)
-        from lidit_runtime.serve import wait_ready
-
         assert wait_ready(f"http://127.0.0.1:{self.http}", self.process, timeout_s=120), self.process.stdout.read()[-3000:]
 
     def infer(self, prompt, timeout=60, raw_inputs=None, **fields):
@@ -235,7 +223,7 @@ def test_triton_repo_serves_on_the_bundled_server(runtime_venv, build, tmp_path)
 import subprocess, sys, tempfile
 from pathlib import Path
 from lidit_runtime.serve import ServeOptions, server_command, server_environment, server_workspace, triton_home, wait_ready
-opts = ServeOptions(http_port={free_ports(1)[0]}, grpc_port={free_ports(1)[0]}, metrics_port={free_ports(1)[0]})
+opts = ServeOptions(**dict(zip(("http_port", "grpc_port", "metrics_port"), {free_ports(3)})))
 with tempfile.TemporaryDirectory() as tmp:
     ws = server_workspace(triton_home(), Path(tmp) / "ts")
     p = subprocess.Popen(server_command(ws, Path({str(repo)!r}), opts), env=server_environment(triton_home()),

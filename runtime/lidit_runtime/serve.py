@@ -199,6 +199,19 @@ def serve(build_dir: str | Path, options: ServeOptions | None = None, ready=prin
                     server.kill()
 
 
+def free_ports(n: int = 3) -> list[int]:
+    """n TCP ports free on 127.0.0.1 now (for servers started by tests and benchmarks)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
 def _die_with_parent() -> None:
     """In the server's process before exec: SIGKILL it when this process dies, however it dies (a killed
     `serve` must not leave an orphan server holding the ports)."""
