@@ -90,17 +90,24 @@ def server(runtime_venv, build):
 
 
 @needs_smollm2
-def test_runtime_venv_has_no_torch_and_draws_the_toolchains_image(runtime_venv, build, tmp_path):
+def test_runtime_venv_has_no_torch_and_draws_the_toolchains_image(runtime_venv, tmp_path):
+    """The README's job: `mini` at FP8 (a short calibration: the images are compared, not judged), drawn by
+    `lidit-runtime generate` in the runtime-only venv and by `lidit-export generate` in the toolchain's."""
+    from lidit_export.presets import create_preset
+
+    from helpers import quantized_build
+
+    build = quantized_build(create_preset("mini", tmp_path / "mini"), tmp_path / "mini-fp8", "fp8")
     py = runtime_venv / "bin/python"
     missing = run([py, "-c", "import importlib.util as u; print([m for m in ('torch', 'transformers', 'diffusers') "
                    "if u.find_spec(m)])"])
     assert missing.strip() == "[]"
-    flags = ["--build", build, "--prompt", "a red circle", "--seed", "7", "--steps", "3", "--quiet"]
+    flags = ["--build", build, "--prompt", "a red circle to the left of a blue square", "--seed", "7", "--quiet"]
     run([runtime_venv / "bin/lidit-runtime", "generate", *flags, "--out", tmp_path / "runtime.png"])
     run([sys.executable, "-m", "lidit_export.cli", "generate", "--backend", "onnxruntime", *flags,
          "--out", tmp_path / "toolchain.png"])
     a, b = (np.asarray(Image.open(tmp_path / f)) for f in ("runtime.png", "toolchain.png"))
-    assert a.shape == (64, 64, 3) and a.std() > 1 and np.array_equal(a, b)
+    assert a.shape == (64, 64, 3) and a.std() > 5 and np.array_equal(a, b)
 
 
 def test_served_image_equals_the_in_process_pipeline(server, build):
