@@ -276,3 +276,18 @@ def test_serving_commands_refuse_bad_input_with_one_line(build, tmp_path):
         err = done.stderr.strip()
         assert done.returncode == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err, (
             args, done.returncode, err)
+
+
+def test_a_port_in_use_ends_serve_with_an_error(runtime_venv, build):
+    import socket
+
+    http, grpc, metrics = free_ports(3)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", http))
+        busy.listen()
+        done = subprocess.run([str(runtime_venv / "bin/lidit-runtime"), "serve", "--build", str(build), "--http-port",
+                               str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+                              capture_output=True, text=True, timeout=180)
+    ours = [line for line in done.stderr.splitlines() if line.startswith("error: ")]  # after the server's own log
+    assert done.returncode == 2 and len(ours) == 1, done.stderr[-800:]
+    assert ours[0].startswith("error: the Triton server exited while starting (exit code 1)")

@@ -186,10 +186,12 @@ def _cmd_generate(args) -> None:
 def _cmd_serve(args) -> None:
     from .serve import ServeOptions, serve
 
-    serve(args.build, ServeOptions(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+    code = serve(args.build, ServeOptions(host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                                    metrics_port=args.metrics_port, instances=args.instances, max_batch=args.max_batch,
                                    queue_delay_us=args.queue_delay_us, backend=args.backend, exact=args.exact,
                                    threads=args.threads))
+    if code != 0:
+        raise LiditError(f"the Triton server stopped with exit code {code}")
 
 
 def _cmd_triton_repo(args) -> None:

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, LiditError
 
 MODEL = "lidit"
 # name -> (Triton type, whether the request may leave it out)
@@ -184,9 +184,14 @@ def serve(build_dir: str | Path, options: ServeOptions | None = None, ready=prin
 
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            if wait_ready(f"http://{options.host}:{options.http_port}", server, timeout_s=120):
-                ready(f"serving model '{MODEL}' on http://{options.host}:{options.http_port} (gRPC "
-                      f"{options.grpc_port}, metrics {options.metrics_port}); Ctrl-C stops")
+            if not wait_ready(f"http://{options.host}:{options.http_port}", server, timeout_s=120):
+                if server.poll() is not None:
+                    raise LiditError(f"the Triton server exited while starting (exit code {server.returncode}); its "
+                                     "log above names the cause (a port in use, a model that failed to load)")
+                raise LiditError("the Triton server did not become ready within 120 s; its log above says where it "
+                                 "stopped")
+            ready(f"serving model '{MODEL}' on http://{options.host}:{options.http_port} (gRPC "
+                  f"{options.grpc_port}, metrics {options.metrics_port}); Ctrl-C stops")
             return server.wait()
         finally:
             for s, handler in previous.items():
