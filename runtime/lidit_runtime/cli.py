@@ -104,8 +104,8 @@ def add_request_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--out", default="image.png")
     p.add_argument("--steps", type=POSITIVE, default=None, help="default: the scheduler config's")
-    p.add_argument("--cfg", type=finite, default=None, help="guidance scale (the model's own convention: "
-                   "1 disables CFG for LI-DiT and Lumina-2, 0 for Z-Image)")
+    p.add_argument("--cfg", type=finite, default=None, help="guidance scale in the model's own convention (1 "
+                   "disables guidance; 0 for models whose formula is cond + cfg (cond - uncond))")
     p.add_argument("--cfg-truncation", type=finite, default=None,
                    help="no guidance past this progress, 0..1 (models whose chain truncates; default: the model's)")
     p.add_argument("--cfg-normalization", type=finite, default=None,
