@@ -54,3 +54,27 @@ def percentiles(samples: list[float]) -> dict:
     a = np.asarray(samples) * 1000.0
     return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
             "mean_ms": float(a.mean()), "min_ms": float(a.min()), "repetitions": len(samples)}
+
+
+STAGES = ("encode", "refine", "denoise", "decode", "total")
+
+
+def interleaved(runs: dict, images: int, warmup: int = 2) -> dict:
+    """Per-stage percentiles of each setting: runs maps a name to `seed -> timings`; images are drawn in turn,
+    alternating which setting goes first, so that machine load hits every setting alike."""
+    for run in runs.values():
+        for seed in range(warmup):
+            run(seed)
+    samples = {name: [] for name in runs}
+    for i in range(images):
+        for name in (list(runs) if i % 2 == 0 else list(reversed(runs))):
+            samples[name].append(runs[name](i))
+    return {name: {"stages": {s: percentiles([t[s] for t in timings]) for s in STAGES}}
+            for name, timings in samples.items()}
+
+
+def stage_plot(rows: dict, title: str) -> bytes:
+    from lidit_export.toy.plots import stacked_bars
+
+    return stacked_bars({name: {stage: row["stages"][stage]["p50_ms"] for stage in STAGES[:-1]}
+                         for name, row in rows.items()}, title, "ms")

@@ -19,18 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from environment import describe_environment, percentiles  # noqa: E402
-
-STAGES = ("encode", "refine", "denoise", "decode", "total")
-
-
-def plot(result: dict) -> bytes:
-    from lidit_export.toy.plots import stacked_bars
-
-    s = result["settings"]
-    return stacked_bars({name: {stage: row["stages"][stage]["p50_ms"] for stage in STAGES[:-1]}
-                         for name, row in result["rows"].items()},
-                        f"{s['model']} FP32, ONNX Runtime CPU, {s['steps']} steps: p50 per stage", "ms")
+from environment import describe_environment, interleaved, stage_plot  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,17 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     build_pipeline(args.model, build, BuildOptions(engines=None), progress=lambda *_: None)
     pipes = {"spinning off (default)": Pipeline.load(build, spinning=False),
              "spinning on (ONNX Runtime's default)": Pipeline.load(build, spinning=True)}
-    request = GenerateRequest(["a red circle to the left of a blue square"], seed=0)
-    for pipe in pipes.values():
-        for _ in range(2):
-            pipe.generate(request)
-    samples = {name: [] for name in pipes}
-    for i in range(args.images):
-        order = list(pipes) if i % 2 == 0 else list(reversed(pipes))  # interleaved, alternating who goes first
-        for name in order:
-            samples[name].append(pipes[name].generate(GenerateRequest(request.prompts, seed=i)).timings)
-    rows = {name: {"stages": {s: percentiles([t[s] for t in timings]) for s in STAGES}}
-            for name, timings in samples.items()}
+    prompt = ["a red circle to the left of a blue square"]
+    rows = interleaved({name: (lambda seed, pipe=pipe: pipe.generate(GenerateRequest(prompt, seed=seed)).timings)
+                        for name, pipe in pipes.items()}, args.images)
     off, on = (rows[n]["stages"]["total"]["p50_ms"] for n in pipes)
     result = {"benchmark": "ort_spinning", "environment": describe_environment(), "load_avg": os.getloadavg(),
               "settings": {"model": config.name, "precision": "fp32", "steps": config.scheduler.default_steps,
@@ -71,7 +52,9 @@ def main(argv: list[str] | None = None) -> None:
               "rows": rows, "speedup_total_p50": on / off, "date": time.strftime("%Y-%m-%d")}
     out = Path(args.out)
     atomic_write_json(out / f"ort_spinning_{config.name}_cpu.json", result)
-    atomic_write_bytes(out / f"ort_spinning_{config.name}_cpu.png", plot(result))
+    atomic_write_bytes(out / f"ort_spinning_{config.name}_cpu.png",
+                       stage_plot(rows, f"{config.name} FP32, ONNX Runtime CPU, {config.scheduler.default_steps} "
+                                        "steps: p50 per stage"))
     print(json.dumps({n: r["stages"]["total"]["p50_ms"] for n, r in rows.items()}, indent=1))
     print(f"spinning off is {on / off:.2f}x faster per image; wrote {out}/ort_spinning_{config.name}_cpu.{{json,png}}")
 

@@ -244,11 +244,33 @@ def renormalize(backend: Backend, guided, cond, rule, multiple: float):
     return backend.asarray((g * ratio).astype(np.float32))
 
 
+REFINER_ROWS = 64  # rows per batched refiner call when the backend sets no limit (bounds the tiled LLM states)
+
+
+def refine_all_steps(backend: Backend, hidden, masks, pooled, timesteps, rows: int) -> list:
+    """Every step's refiner output, computed before the loop: the conditions tiled over steps and run in calls of
+    at most `backend.max_refiner_rows` rows (an engine's profile; REFINER_ROWS when it has none)."""
+    steps = timesteps.shape[0]
+    limit = getattr(backend, "max_refiner_rows", None) or REFINER_ROWS
+    per_call = max(1, limit // rows)
+    out = []
+    for start in range(0, steps, per_call):
+        k = min(per_call, steps - start)
+        tile = (lambda arrays: [backend.concat([a] * k, axis=0) for a in arrays]) if k > 1 else (lambda arrays: arrays)
+        context, mask = backend.refine_tokens(tile(hidden), tile(masks),
+                                              [None if p is None else backend.concat([p] * k, axis=0) for p in pooled],
+                                              timesteps[start:start + k].reshape(-1))
+        # concat of one array is a copy on every backend: the outputs may sit in buffers the next call reuses
+        context, mask = backend.concat([context], axis=0), backend.concat([mask], axis=0)
+        out += [(context[j * rows:(j + 1) * rows], mask[j * rows:(j + 1) * rows]) for j in range(k)]
+    return out
+
+
 def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry: LatentGeometry,
               scheduler: SchedulerConfig, request: GenerateRequest, *, keep_trajectory: bool = False,
               on_step: Callable[[int, int], None] | None = None, uncond_cache: dict | None = None,
               limits: RequestLimits | None = None, warned: set | None = None,
-              chain: ChainRecord | None = None) -> GenerateResult:
+              chain: ChainRecord | None = None, batch_refiner: bool = True) -> GenerateResult:
     """Tokenize -> encoders -> refiner (per step, or once when it does not read the timestep) -> per step
     (DiT + guidance + sampler update) -> VAE decoder, following `chain` (the manifest's rules; default LI-DiT's).
 
@@ -257,6 +279,8 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
     uncond_cache: a dict kept by the caller across requests; the unconditional (negative prompt)
     encoder outputs are then computed once and reused (they never change). Without it, cond and
     uncond rows are encoded together as one 2B batch.
+    batch_refiner: a timestep-dependent refiner runs for every step before the loop, in as few batched calls
+    as `refine_all_steps` allows (its inputs are all known up front); False: once per step, inside the loop.
     """
     chain = chain or ChainRecord()
     rule = chain.guidance
@@ -289,19 +313,26 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
     rows = 2 * batch if any(guided) else batch
     model_t = chain.timestep_offset + chain.timestep_scale * plan.timesteps
     timesteps = backend.asarray(np.repeat(model_t.astype(np.float32)[:, None], rows, axis=1))  # one upload
-    refined = None
+    refined = None  # one (context, mask) for every step, or a list of one per step
+    replay = getattr(backend, "run_steps", None)  # backends that capture the whole loop (TensorRT: a CUDA graph)
+    uniform = len(set(guided)) == 1 and not renorm and chain.refiner_timestep  # one graph of device work per step
+    replaying = replay is not None and not keep_trajectory and uniform
+    t0 = clock()
     if not chain.refiner_timestep:  # the refiner does not read the timestep: once per request
-        t0 = clock()
         refined = backend.refine_tokens(hidden, masks, pooled, None)
-        backend.synchronize()
-        timings["refine_once"] = clock() - t0
+    elif batch_refiner and not replaying:  # it reads nothing the loop changes: every step's refiner up front
+        refined = refine_all_steps(backend, hidden, masks, pooled, timesteps, rows)
+    backend.synchronize()
+    timings["refine_ahead"] = clock() - t0
     conditions = (hidden, masks, pooled, pooled_all, timesteps)
 
     def step(sampler: Sampler, i: int, x, conditions, after_refiner=None):
         """Refiner + DiT + guidance + sampler update for step i: the chain a CUDA graph captures."""
         hidden, masks, pooled, pooled_all, timesteps = conditions
-        context, context_mask = refined if refined is not None else backend.refine_tokens(hidden, masks, pooled,
-                                                                                            timesteps[i])
+        if refined is None:
+            context, context_mask = backend.refine_tokens(hidden, masks, pooled, timesteps[i])
+        else:
+            context, context_mask = refined[i] if isinstance(refined, list) else refined
         if after_refiner is not None:
             after_refiner()
         t = timesteps[i]
@@ -326,15 +357,13 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
         return x
 
     trajectory = []
-    replay = getattr(backend, "run_steps", None)  # backends that capture the whole loop (TensorRT: a CUDA graph)
-    uniform = len(set(guided)) == 1 and not renorm and refined is None  # one graph of device work per step
-    if replay is not None and not keep_trajectory and uniform:
+    if replaying:
         t0 = clock()
         key = (shape, tuple(tuple(a.shape) for a in (*hidden, *masks)), request.cfg, plan.timesteps.tobytes(),
                plan.coefficients.tobytes())
         x = replay(key, all_steps, x, conditions)
         backend.synchronize()
-        timings["refine"] = 0.0  # inside the replayed graph, counted in "denoise"
+        timings["refine"] = timings.pop("refine_ahead")  # the per-step refiner is inside the replayed graph
         timings["denoise"] = clock() - t0
         if on_step is not None:  # the graph reports no progress of its own
             for i in range(plan.num_steps):
@@ -358,7 +387,7 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
                 trajectory.append(backend.to_numpy(x).copy())
             if on_step is not None:
                 on_step(i + 1, plan.num_steps)
-        timings["refine"] = t_refine + timings.pop("refine_once", 0.0)
+        timings["refine"] = t_refine + timings.pop("refine_ahead")
         timings["denoise"] = t_dit
 
     check_finite(backend, x, "the denoising loop (refiner + DiT)")
@@ -391,6 +420,7 @@ class Pipeline:
         self.uncond_cache: dict = {}  # negative-prompt encoder outputs, computed once per pipeline
         self._warned: set = set()  # sizes already warned about
         self._lock = contextlib.nullcontext() if getattr(backend, "thread_safe", False) else threading.Lock()
+        self.batch_refiner = True  # every step's refiner up front in batched calls (False: once per step)
 
     @classmethod
     def load(cls, build_dir, backend: str = "onnxruntime", providers: Sequence[str] | None = None,
@@ -435,4 +465,5 @@ class Pipeline:
         with self._lock:
             return run_chain(self.backend, self.tokenizers, self.geometry, self.scheduler, request,
                              keep_trajectory=keep_trajectory, on_step=on_step, uncond_cache=self.uncond_cache,
-                             limits=self.limits, warned=self._warned, chain=self.chain)
+                             limits=self.limits, warned=self._warned, chain=self.chain,
+                             batch_refiner=self.batch_refiner)
