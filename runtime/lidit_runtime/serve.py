@@ -92,7 +92,7 @@ parameters {{ key: "threads" value: {{ string_value: "{options.threads}" }} }}
 
 
 def write_model_repository(build_dir: str | Path, out: str | Path, options: ServeOptions | None = None,
-                           copy_build: bool = False, python_path: str = "") -> Path:
+                           copy_build: bool = False, python_path: str = "", verify: bool = True) -> Path:
     """REPO/lidit/{config.pbtxt, 1/model.py} (and 1/build/ with copy_build); the build is checked first.
     python_path: folders (":"-separated) the model puts on sys.path before importing lidit_runtime (empty: the
     server's Python has it installed, as in a container)."""
@@ -100,7 +100,7 @@ def write_model_repository(build_dir: str | Path, out: str | Path, options: Serv
 
     options = (options or ServeOptions()).validate()
     build_dir = Path(build_dir).resolve()
-    load_manifest(build_dir, verify=True)  # refuse a damaged build before writing anything
+    load_manifest(build_dir, verify=verify)  # refuse a damaged build before writing anything
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} exists and is not empty; choose a new folder", "out")
@@ -169,12 +169,12 @@ def serve(build_dir: str | Path, options: ServeOptions | None = None, ready=prin
     from .manifest import load_manifest
 
     options = (options or ServeOptions()).validate()
-    load_manifest(build_dir, verify=True)  # the build's own errors first, then the server's
+    load_manifest(build_dir, verify=True)  # the build's own errors first, then the server's (hashed once here)
     home = triton_home()
     with tempfile.TemporaryDirectory(prefix="lidit-serve-") as tmp:
         tmp = Path(tmp)
         repository = tmp / "repository"
-        write_model_repository(build_dir, repository, options, python_path=runtime_path())
+        write_model_repository(build_dir, repository, options, python_path=runtime_path(), verify=False)
         workspace = server_workspace(home, tmp / "tritonserver")
         server = subprocess.Popen(server_command(workspace, repository, options), env=server_environment(home),
                                   preexec_fn=_die_with_parent)
