@@ -165,7 +165,7 @@ def server_command(workspace: Path, repository: Path, options: ServeOptions) -> 
 
 def serve(build_dir: str | Path, options: ServeOptions | None = None, ready=print) -> int:
     """Run Triton on the build until SIGINT / SIGTERM (forwarded to the server, which finishes in-flight
-    requests); returns the server's exit code."""
+    requests); returns 0 after such a stop, else the server's exit code."""
     from .manifest import load_manifest
 
     options = (options or ServeOptions()).validate()
@@ -179,7 +179,10 @@ def serve(build_dir: str | Path, options: ServeOptions | None = None, ready=prin
         server = subprocess.Popen(server_command(workspace, repository, options), env=server_environment(home),
                                   preexec_fn=_die_with_parent)
 
+        stopping = []
+
         def forward(signum, frame):
+            stopping.append(signum)
             server.send_signal(signal.SIGTERM)
 
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -192,7 +195,8 @@ def serve(build_dir: str | Path, options: ServeOptions | None = None, ready=prin
                                  "stopped")
             ready(f"serving model '{MODEL}' on http://{options.host}:{options.http_port} (gRPC "
                   f"{options.grpc_port}, metrics {options.metrics_port}); Ctrl-C stops")
-            return server.wait()
+            code = server.wait()
+            return 0 if stopping else code  # stopped on request: the server's own shutdown code is not a failure
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
