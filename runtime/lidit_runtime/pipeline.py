@@ -16,6 +16,7 @@ import numpy as np
 from .backends.base import Backend
 from .chain import ChainRecord, check_guidance_fields
 from .errors import ConfigError, NonFiniteError, ShapeError
+from .noise import initial_noise  # noqa: F401 (re-exported: the one definition of a seed's latents)
 from .sampler import MAX_CFG, Sampler, SchedulerConfig, make_plan
 from .tokenize import PromptTokenizer
 
@@ -173,14 +174,6 @@ class GenerateResult:
     timings: dict = field(default_factory=dict)  # seconds per stage
     trajectory: list = field(default_factory=list)  # latents after every step, when asked for
     request: GenerateRequest | None = None  # what was drawn, defaults resolved
-
-
-def initial_noise(shape: Sequence[int], seed: int, seeds: Sequence[int] | None = None) -> np.ndarray:
-    """The starting latents, drawn on the host so every backend starts from the same numbers. seeds: one per
-    row, each row drawn alone (a row then equals the one-prompt request with that seed)."""
-    if seeds is None:
-        return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
-    return np.concatenate([np.random.default_rng(s).standard_normal((1, *shape[1:]), dtype=np.float32) for s in seeds])
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
