@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lidit_runtime.manifest import Manifest
-from lidit_runtime.precision import Precision
+from lidit_runtime.precision import ENCODER_WEIGHTS, Precision
 
 from .artifacts import atomic_write_text
 from .build_folder import BuildFolder
@@ -34,6 +34,7 @@ class BuildOptions:
     smoothquant_alpha: float = 0.5
     exclude: list[str] = field(default_factory=list)  # fnmatch patterns kept in high precision (recipe.extra_exclude)
     prefix_cache: bool = True
+    encoder_weights: str = "fp32"  # fp32 | int8 | int4: the LLM encoders' weights (ONNX Runtime only when quantized)
     profile: ShapeProfile = field(default_factory=ShapeProfile)
     engines: EngineOptions | None = field(default_factory=EngineOptions)  # None: stop after the ONNX stages
 
@@ -45,6 +46,9 @@ class BuildOptions:
                 raise ConfigError(f"{name}={value!r} must be an integer >= 1 (None: the default)", name)
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed={self.seed!r} must be an integer >= 0", "seed")
+        if self.encoder_weights not in ENCODER_WEIGHTS:
+            raise ConfigError(f"encoder_weights={self.encoder_weights!r} is unknown; use one of "
+                              f"{', '.join(ENCODER_WEIGHTS)}", "encoder_weights")
         self.profile.validate()
         return self
 
@@ -68,9 +72,10 @@ def _export(pipe, model_dir: Path, folder: BuildFolder, options: BuildOptions, q
 
     if isinstance(pipe, FamilyReference):
         return export_family(model_dir, folder, options.profile, progress, loaded=(pipe.family, pipe.pipe),
-                             quantized=quantized, precision=options.precision)
+                             quantized=quantized, precision=options.precision, encoder_weights=options.encoder_weights)
     return export_model(model_dir, folder.path, options.profile, options.prefix_cache, pipe, progress,
-                        quantized=quantized, precision=options.precision, folder=folder)
+                        quantized=quantized, precision=options.precision, folder=folder,
+                        encoder_weights=options.encoder_weights)
 
 
 def _build(pipe: LiDiTPipeline, model_dir: Path, folder: BuildFolder, options: BuildOptions, progress) -> Manifest:

@@ -202,6 +202,11 @@ def build_engines(folder: BuildFolder, manifest: Manifest, options: EngineOption
     cc = resolve_compute_capability(target, options)
     for precision in {r.precision for r in manifest.components.values()}:
         check_precision(precision, target, cc)
+    ort_only = sorted(n for n, r in manifest.components.items() if r.weights)
+    if ort_only:
+        raise EngineRefused(f"{', '.join(ort_only)} hold {manifest.components[ort_only[0]].weights} weights in ONNX "
+                            "Runtime's MatMulNBits form, which TensorRT cannot parse: build engines with "
+                            "--encoder-weights fp32, or --target none for ONNX Runtime alone")
     engines, report = {}, {}
     timing_cache = build_dir / "engines" / f"timing-{target.name}-{target.version}.cache"
     for name, record in manifest.components.items():

@@ -48,22 +48,26 @@ def input_key(model_dir: Path, config, comp: Component, spec, prefix_cache: bool
 
 
 def export_component(folder: BuildFolder, name: str, spec, key: str, module, sample, precision: Precision,
-                     calibration: str | None, half: bool, progress) -> ComponentRecord:
+                     calibration: str | None, half: bool, progress, weights: str | None = None) -> ComponentRecord:
     """One graph of a build: reused when its key matches, else traced from `module` on `sample()` (called only
     then) into a file named after the key. calibration: the calibration key of a quantized module (the graph
-    is then `precision` Q/DQ); half: converted to the half precision."""
+    is then `precision` Q/DQ); half: converted to the half precision; weights: "int8" / "int4" block-quantized
+    weights for ONNX Runtime (an encoder's --encoder-weights)."""
     graph_precision = precision if calibration is not None or half else Precision.FP32
     if calibration is not None:  # the calibration key covers the recipe, settings and weights
         key = hashlib.sha256(f"{key}:{precision}:{calibration}".encode()).hexdigest()
     elif half:
         key = hashlib.sha256(f"{key}:{precision}".encode()).hexdigest()
+    if weights is not None:
+        key = hashlib.sha256(f"{key}:weights-{weights}".encode()).hexdigest()
+    label = f"{graph_precision}" + (f", {weights} weights" if weights else "")
     old = folder.reusable_component(name, key)
     if old is not None:
-        progress(f"  {name} ({graph_precision}): up to date")
+        progress(f"  {name} ({label}): up to date")
         return old
-    progress(f"  {name} ({graph_precision}): exporting ...")
+    progress(f"  {name} ({label}): exporting ...")
     file = f"onnx/{name}-{key[:16]}.onnx"  # named after its key: the graph of the build in place stays
-    digest = export_graph(module, spec, sample(), folder.path / file, precision=graph_precision)
+    digest = export_graph(module, spec, sample(), folder.path / file, precision=graph_precision, weights=weights)
     check_exported_io(folder.path / file, spec)
     data = folder.path / (file + ".data")
     record = ComponentRecord(
@@ -72,7 +76,7 @@ def export_component(folder: BuildFolder, name: str, spec, key: str, module, sam
         inputs=[asdict(t) for t in spec.inputs], outputs=[asdict(t) for t in spec.outputs],
         dims={k: list(v) for k, v in spec.dims.items()}, derived_dims=spec.derived_dims, input_key=key,
         data_file=file + ".data" if data.exists() else None,
-        data_sha256=file_sha256(data) if data.exists() else None)
+        data_sha256=file_sha256(data) if data.exists() else None, weights=weights)
     folder.add_component(record)
     return record
 
@@ -80,15 +84,17 @@ def export_component(folder: BuildFolder, name: str, spec, key: str, module, sam
 def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapeProfile | None = None,
                  prefix_cache: bool = True, pipe: LiDiTPipeline | None = None, progress=print,
                  quantized: dict | None = None, precision: Precision = Precision.FP32,
-                 folder: BuildFolder | None = None) -> Manifest:
+                 folder: BuildFolder | None = None, encoder_weights: str = "fp32") -> Manifest:
     """Export every component. prefix_cache (default on) bakes each LLM's constant prefix into its
     encoder graph, which then runs the caption tokens only. quantized: component -> Calibrated
     (from quant.calibrate) exported as `precision` Q/DQ graphs in place of the FP32 ones.
     folder: an open BuildFolder of a larger build, which commits the manifest itself; without it the
-    folder is locked here and the manifest committed at the end."""
+    folder is locked here and the manifest committed at the end. encoder_weights: fp32, or int8 / int4
+    block-quantized LLM encoder graphs for ONNX Runtime."""
     if folder is None:
         with BuildFolder(build_dir) as own:
-            manifest = export_model(model_dir, build_dir, profile, prefix_cache, pipe, progress, quantized, precision, own)
+            manifest = export_model(model_dir, build_dir, profile, prefix_cache, pipe, progress, quantized, precision, own,
+                                    encoder_weights)
             own.commit(manifest)
             return manifest
     quantized = quantized or {}
@@ -112,7 +118,8 @@ def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapePro
         records[name] = export_component(
             folder, name, specs[name], input_key(model_dir, config, comp, specs[name], prefix_cache), modules[name],
             lambda name=name: sample[name], precision, quantized[name].key if name in quantized else None,
-            precision.policy.half and comp.half_convertible, progress)
+            precision.policy.half and comp.half_convertible, progress,
+            weights=encoder_weights if comp.llm is not None and encoder_weights != "fp32" else None)
     tokenizers = copy_tokenizers(pipe, build_dir)
     previous = folder.previous.engines if folder.previous else {}
     manifest = Manifest(

@@ -278,3 +278,95 @@ def topological_sort_(graph) -> None:
         pending = rest
     del graph.node[:]
     graph.node.extend(ordered)
+
+
+# Weight-only quantization of the LLM encoder graphs (`--encoder-weights int8 | int4`), for ONNX Runtime.
+# An encoder graph is almost all weights (a 135M LLM is a 514 MB FP32 graph) and runs a few dozen caption tokens
+# per prompt, so its cost is memory and reading weights, not arithmetic. Every MatMul with a constant weight
+# becomes ONNX Runtime's MatMulNBits (symmetric, one scale per block of 32 inputs, made by ONNX Runtime's own
+# quantizer); accuracy level 4 lets it run its integer kernels (activations quantized per block on the fly);
+# level 0, FP32 arithmetic on dequantized weights, is 3x slower for 8-bit weights on AVX2. The token embedding
+# table (a fifth of SmolLM2's weights) is quantized too: 4-bit through GatherBlockQuantized, 8-bit as INT8 rows
+# with a scale per block of 32 that standard ops (Gather, Cast, Mul) dequantize for the few gathered rows only.
+# MatMulNBits and GatherBlockQuantized are ONNX Runtime operators: TensorRT cannot parse these graphs.
+WEIGHT_BITS = {"int8": 8, "int4": 4}
+WEIGHT_BLOCK = 32
+
+
+def quantize_weights_only(model: onnx.ModelProto, weights: str) -> onnx.ModelProto:
+    """`model` with its constant MatMul weights as MatMulNBits and its embedding tables quantized (see above)."""
+    import logging
+
+    import numpy as np
+
+    from lidit_runtime.dependencies import require
+
+    bits = WEIGHT_BITS[weights]
+    nbits = require("onnxruntime.quantization.matmul_nbits_quantizer", "--encoder-weights (needs onnx-ir)")
+    from onnxruntime.quantization import QuantFormat
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    ops = ("MatMul", "Gather") if bits == 4 else ("MatMul",)
+    config = nbits.DefaultWeightOnlyQuantConfig(block_size=WEIGHT_BLOCK, is_symmetric=True, accuracy_level=4,
+                                                bits=bits, op_types_to_quantize=ops, quant_axes={"Gather": 1},
+                                                quant_format=QuantFormat.QOperator)
+    quantizer = nbits.MatMulNBitsQuantizer(model, algo_config=config)
+    with np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks: their scale is 0 and their codes 0
+        quantizer.process()
+    model = quantizer.model.model
+    if bits == 8:
+        quantize_embeddings_int8(model)
+    left = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gather") and _float_weight(model, n) is not None]
+    if left:
+        raise ValueError(f"weight-only quantization left {len(left)} float weights ({left[:3]} ...)")
+    return model
+
+
+def _float_weight(model: onnx.ModelProto, node) -> onnx.TensorProto | None:
+    """The float initializer a MatMul (as B) or Gather (as data) reads, if any."""
+    name = node.input[1] if node.op_type == "MatMul" else node.input[0]
+    for init in model.graph.initializer:
+        if init.name == name and init.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16) and len(init.dims) == 2:
+            return init
+    return None
+
+
+def quantize_embeddings_int8(model: onnx.ModelProto) -> int:
+    """Each Gather of a float [V, H] table -> INT8 table [V, H/32, 32] and scales [V, H/32, 1], gathered and
+    multiplied; the rows keep the indices' leading shape. Returns how many tables were quantized."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph, count = model.graph, 0
+    for node in list(graph.node):
+        table = _float_weight(model, node) if node.op_type == "Gather" else None
+        if table is None or any(a.name == "axis" and a.i != 0 for a in node.attribute):
+            continue
+        w = numpy_helper.to_array(table).astype(np.float32)
+        V, H = w.shape
+        block = WEIGHT_BLOCK if H % WEIGHT_BLOCK == 0 else H
+        blocks = w.reshape(V, H // block, block)
+        scale = np.abs(blocks).max(axis=-1, keepdims=True) / 127.0
+        scale[scale == 0] = 1.0
+        q = np.clip(np.rint(blocks / scale), -127, 127).astype(np.int8)
+        p = f"{node.name or table.name}_int8"
+        graph.initializer.remove(table)
+        graph.initializer.extend([numpy_helper.from_array(q, p + "_q"), numpy_helper.from_array(scale, p + "_scale"),
+                                  numpy_helper.from_array(np.array([H], np.int64), p + "_width")])
+        ids, out = node.input[1], node.output[0]
+        new = [helper.make_node("Gather", [p + "_q", ids], [p + "_rows_q"], name=p + "_gather_q"),
+               helper.make_node("Gather", [p + "_scale", ids], [p + "_rows_scale"], name=p + "_gather_scale"),
+               helper.make_node("Cast", [p + "_rows_q"], [p + "_rows_f"], name=p + "_cast", to=TensorProto.FLOAT),
+               helper.make_node("Mul", [p + "_rows_f", p + "_rows_scale"], [p + "_rows"], name=p + "_dequantize"),
+               helper.make_node("Shape", [ids], [p + "_ids_shape"], name=p + "_ids_shape"),
+               helper.make_node("Concat", [p + "_ids_shape", p + "_width"], [p + "_shape"], name=p + "_shape", axis=0),
+               helper.make_node("Reshape", [p + "_rows", p + "_shape"], [out], name=p + "_reshape")]
+        if table.data_type != TensorProto.FLOAT:
+            new[-1].output[0] = p + "_rows_float"
+            new.append(helper.make_node("Cast", [p + "_rows_float"], [out], name=p + "_cast_out", to=table.data_type))
+        at = list(graph.node).index(node)
+        graph.node.remove(node)
+        for i, n in enumerate(new):
+            graph.node.insert(at + i, n)
+        count += 1
+    return count

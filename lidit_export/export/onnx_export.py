@@ -22,7 +22,8 @@ from lidit_runtime.precision import Precision
 
 from ..components import encoder
 from ..errors import ArtifactError
-from .graph_passes import convert_to_half, fold_weight_quantization, standardize_fp8_qdq, strip_activation_qdq
+from .graph_passes import (convert_to_half, fold_weight_quantization, quantize_weights_only, standardize_fp8_qdq,
+                           strip_activation_qdq)
 from .graph_spec import GraphSpec, refiner_input_names
 
 OPSET = 19
@@ -96,10 +97,11 @@ def component_inputs(pipe, batch: int, text_lengths: list[int] | None, latent_hw
 
 def export_graph(module: nn.Module, spec: GraphSpec, sample: dict[str, np.ndarray], out_file: Path,
                  external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
-                 precision: Precision = Precision.FP32) -> str:
+                 precision: Precision = Precision.FP32, weights: str | None = None) -> str:
     """Trace `module` on `sample`, check it, and move it to `out_file` atomically. Returns its sha256.
     Weights above `external_data_threshold` bytes go to `<file>.data` beside the graph. A half precision
-    converts the traced FP32 graph; a weight-only one keeps only the weight quantization of its Q/DQ graph."""
+    converts the traced FP32 graph; a weight-only one keeps only the weight quantization of its Q/DQ graph.
+    weights: "int8" / "int4" quantizes the FP32 graph's weights for ONNX Runtime (graph_passes.quantize_weights_only)."""
     import onnx
 
     policy = Precision(precision).policy
@@ -122,6 +124,8 @@ def export_graph(module: nn.Module, spec: GraphSpec, sample: dict[str, np.ndarra
             strip_activation_qdq(model)
         elif policy.half:
             model = convert_to_half(model, precision)
+        if weights is not None:
+            model = quantize_weights_only(model, weights)
         size = sum(t.ByteSize() for t in model.graph.initializer)
         staged = Path(tmp) / out_file.name
         external = size > external_data_threshold

@@ -24,6 +24,7 @@ from lidit_runtime.tokenize import PromptTokenizer
 
 from .. import __version__
 from ..build_folder import BuildFolder
+from ..components import component
 from ..errors import ArtifactError, ConfigError
 from ..export.graph_spec import GraphSpec, ShapeProfile, TensorSpec
 from . import Family, family_of
@@ -292,10 +293,11 @@ def _input_key(model_dir: Path, family: Family, spec: GraphSpec, name: str) -> s
 
 def export_family(model_dir: str | Path, folder: BuildFolder, profile: ShapeProfile | None = None,
                   progress=print, loaded=None, quantized: dict | None = None,
-                  precision: Precision = Precision.FP32) -> Manifest:
+                  precision: Precision = Precision.FP32, encoder_weights: str = "fp32") -> Manifest:
     """Every graph of a diffusers family checkpoint into the open build folder; returns the manifest (the
     caller commits it). Graphs whose input key did not change are reused. quantized: component -> calibrated
-    module (quant.calibrate), exported as `precision` Q/DQ graphs; half precisions convert the refiner and DiT."""
+    module (quant.calibrate), exported as `precision` Q/DQ graphs; half precisions convert the refiner and DiT;
+    encoder_weights int8 / int4 quantizes the LLM encoder graph's weights for ONNX Runtime."""
     from ..artifacts import atomic_write_bytes
     from ..export.export_build import export_component, tool_versions
 
@@ -321,7 +323,8 @@ def export_family(model_dir: str | Path, folder: BuildFolder, profile: ShapeProf
             folder, name, spec, _input_key(model_dir, family, spec, name),
             quantized[name].module if name in quantized else modules[name], lambda name=name: sample(name),
             precision, quantized[name].key if name in quantized else None,
-            precision.policy.half and name in ("refiner", "dit"), progress)
+            precision.policy.half and name in ("refiner", "dit"), progress,
+            weights=encoder_weights if component(name).llm is not None and encoder_weights != "fp32" else None)
     source = _tokenizer_file(model_dir).read_bytes()
     digest = hashlib.sha256(source).hexdigest()
     rel = f"tokenizers/llm_0-{digest[:16]}.json"

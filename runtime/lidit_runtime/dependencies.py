@@ -13,6 +13,8 @@ INSTALL = {  # module -> how to get it
     "cupy": "CuPy for device memory: `pip install cupy-cuda12x` (or cupy-cuda13x)",
     "polygraphy": "polygraphy: `pip install polygraphy` (the [dev] extra)",
     "onnx": "onnx: `pip install onnx` (the [cpu] extra)",
+    "onnxruntime.quantization.matmul_nbits_quantizer": "onnxruntime and onnx-ir: `pip install onnxruntime onnx-ir` "
+                                                       "(the [cpu] extra)",
     "pytriton": "NVIDIA PyTriton: `pip install 'lidit-runtime[serve]'` (best in a runtime-only venv: it pins numpy < 2)",
 }
 

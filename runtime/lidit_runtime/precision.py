@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from .errors import ConfigError
 
 
+# The LLM encoders' weights (`--encoder-weights`): FP32, or block-quantized INT8 / INT4 graphs that only ONNX Runtime
+# runs (its MatMulNBits / GatherBlockQuantized operators). A component record names the quantized ones in `weights`.
+ENCODER_WEIGHTS = ("fp32", "int8", "int4")
+
+
 class Precision(str, enum.Enum):
     FP32 = "fp32"
     FP16 = "fp16"

@@ -40,7 +40,7 @@ struct ComponentRecord {
   std::string name, file, sha256, precision, ort_optimization = "all";
   std::vector<TensorSpec> inputs, outputs;
   std::map<std::string, std::array<int64_t, 3>> dims;
-  std::optional<std::string> data_file, data_sha256;
+  std::optional<std::string> data_file, data_sha256, weights;
   bool has_input(const std::string& n) const {
     for (auto& t : inputs)
       if (t.name == n) return true;

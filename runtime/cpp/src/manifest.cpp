@@ -311,7 +311,7 @@ Manifest load_manifest(const std::string& build_dir, bool verify) {
   for (auto& [key, value] : comps.items()) {
     std::string where = "components." + key;
     Fields c(value, where, {"name", "file", "sha256", "precision", "inputs", "outputs", "dims", "derived_dims", "input_key",
-                            "ort_optimization", "data_file", "data_sha256"});
+                            "ort_optimization", "data_file", "data_sha256", "weights"});
     ComponentRecord r;
     r.name = c.str("name");
     if (r.name != key) bad(where + ".name is '" + r.name + "'");
@@ -325,6 +325,8 @@ Manifest load_manifest(const std::string& build_dir, bool verify) {
     r.outputs = read_tensors(c.at("outputs"), where + ".outputs");
     r.data_file = c.opt_str("data_file");
     r.data_sha256 = c.opt_str("data_sha256");
+    r.weights = c.opt_str("weights");  // block-quantized weights: ONNX Runtime's own operators, run like any graph
+    if (r.weights) check_one_of(*r.weights, {"int8", "int4"}, where + ".weights");
     if (bool(r.data_file) != bool(r.data_sha256)) bad(where + ": data_file and data_sha256 go together");
     const json& dims = c.at("dims");
     if (!dims.is_object()) bad(where + ".dims must be an object");

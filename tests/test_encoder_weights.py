@@ -1,0 +1,122 @@
+"""--encoder-weights int8 / int4: the LLM encoder graphs with block-quantized weights for ONNX Runtime."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from lidit_runtime.errors import ArtifactError
+from lidit_runtime.manifest import load_manifest
+from lidit_runtime.pipeline import Pipeline
+
+
+def ort_session(path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+PROMPTS = ["a red circle to the left of a blue square", "two small cats on a sofa, photographed from above"]
+
+
+@pytest.fixture(scope="module", params=["int8", "int4"])
+def weights_build(request, tiny_folder, tmp_path_factory):
+    from lidit_export.export.export_build import export_model
+
+    build = tmp_path_factory.mktemp("builds") / f"tiny-{request.param}"
+    export_model(tiny_folder, build, progress=lambda *_: None, encoder_weights=request.param)
+    return request.param, build
+
+
+def graph(build, name):
+    return build / load_manifest(build).components[name].file
+
+
+def test_only_the_encoders_change_and_every_weight_is_quantized(weights_build, tiny_build):
+    weights, build = weights_build
+    fp32, quant = load_manifest(tiny_build), load_manifest(build)
+    for name, rec in quant.components.items():
+        if name.startswith("encoder_"):
+            assert rec.weights == weights and rec.precision == "fp32"
+            model, ref = onnx.load(str(build / rec.file)), onnx.load(str(tiny_build / fp32.components[name].file))
+            ops = [n.op_type for n in model.graph.node]
+            constant = {i.name for i in ref.graph.initializer}
+            weight_matmuls = sum(n.op_type == "MatMul" and n.input[1] in constant for n in ref.graph.node)
+            assert ops.count("MatMulNBits") == weight_matmuls > 0
+            assert all(a.i == {"int8": 8, "int4": 4}[weights] for n in model.graph.node if n.op_type == "MatMulNBits"
+                       for a in n.attribute if a.name == "bits")
+            matrices = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2}
+            read = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in matrices
+                    or n.op_type == "Gather" and n.input[0] in matrices]
+            assert not read, [n.name for n in read]  # no float matrix is read: the embedding table is quantized too
+            tables = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized" or n.name.endswith("_gather_q")]
+            assert len(tables) == 1
+        else:  # the other graphs are the FP32 build's, byte for byte
+            assert rec.weights is None and rec.sha256 == fp32.components[name].sha256
+
+
+def test_quantized_encoder_features_stay_close_to_fp32(weights_build, tiny_build, tiny_pipe):
+    from lidit_export.export.onnx_export import component_inputs
+
+    weights, build = weights_build
+    inputs = component_inputs(tiny_pipe, batch=2, text_lengths=None, latent_hw=(8, 8))
+    for i, prefix in enumerate(tiny_pipe.config.refiner.prefix_lengths):
+        name = f"encoder_{i}"
+        feeds = {k: v[:, prefix:] for k, v in inputs[name].items()}  # cached graphs take the caption
+        ref = ort_session(graph(tiny_build, name)).run(None, feeds)
+        out = ort_session(graph(build, name)).run(None, feeds)
+        for a, b in zip(out, ref):
+            rel = np.linalg.norm(a - b) / np.linalg.norm(b)
+            assert rel < {"int8": 0.02, "int4": 0.15}[weights], (name, rel)
+
+
+def test_a_quantized_encoder_build_draws_like_the_fp32_build(weights_build, tiny_build):
+    weights, build = weights_build
+    ref, pipe = Pipeline.load(tiny_build), Pipeline.load(build)
+    for seed, prompt in enumerate(PROMPTS):
+        a = ref.generate(prompt, seed=seed, steps=4).latents.ravel().astype(np.float64)
+        b = pipe.generate(prompt, seed=seed, steps=4).latents.ravel().astype(np.float64)
+        cosine = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+        assert cosine > {"int8": 0.999, "int4": 0.98}[weights], (prompt, cosine)
+
+
+def test_engines_of_a_quantized_encoder_are_refused_with_the_fix(weights_build, tiny_folder):
+    """TensorRT cannot parse MatMulNBits: asking for engines names the flag that makes parsable graphs."""
+    weights, build = weights_build
+    run = subprocess.run([sys.executable, "-m", "lidit_export.cli", "build", "--model", tiny_folder, "--out", build,
+                          "--encoder-weights", weights, "--target", "trt-rtx"], capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr
+    message = run.stderr.strip()
+    assert "\n" not in message and "Traceback" not in message
+    assert "MatMulNBits" in message and "--encoder-weights fp32" in message and "--target none" in message
+
+
+def test_unknown_weights_in_a_manifest_are_refused(weights_build, tmp_path):
+    import shutil
+
+    _, build = weights_build
+    copy = tmp_path / "build"
+    shutil.copytree(build, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["components"]["encoder_0"]["weights"] = "int3"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"components.encoder_0.weights='int3' is not one of"):
+        Pipeline.load(copy)
+
+
+def test_the_cpp_runtime_runs_a_quantized_encoder_build_like_python(weights_build, tmp_path):
+    from PIL import Image
+
+    from test_cpp import cpp_tool
+
+    _, build = weights_build
+    tool = cpp_tool("lidit-generate")
+    ref = Pipeline.load(build).generate(PROMPTS[0], seed=3, steps=4)
+    out, lat = tmp_path / "c.png", tmp_path / "c.f32"
+    run = subprocess.run([tool, "--build", build, "--prompt", PROMPTS[0], "--seed", "3", "--steps", "4", "--out", out,
+                          "--latents", lat], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert np.abs(np.asarray(Image.open(out)).astype(int) - ref.images[0]).max() <= 1
+    a, b = np.fromfile(lat, dtype=np.float32).astype(np.float64), ref.latents.ravel().astype(np.float64)
+    assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) >= 0.99999
