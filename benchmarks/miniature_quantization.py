@@ -2,11 +2,12 @@
 
     python benchmarks/miniature_quantization.py --model models/mini --builds build --num 100
 
-For each precision: `build` (ONNX stages; the miniature calibrates on captions of its own world, from its
-prompts.jsonl), then held-out captions (never trained on) through ONNX Runtime, against the FP32 PyTorch
-reference with the same seeds: image PSNR/SSIM, the scorer's prompt-following accuracy, and how often
-the build's verdict on a stated attribute agrees with the reference's. Writes
-    miniature_quantization.json   per precision: image metrics, scores per kind, agreement, build time
+For each build (a precision, and the LLM encoder's `--encoder-weights`): `build` (ONNX stages; the miniature
+calibrates on captions of its own world, from its prompts.jsonl), then held-out captions (never trained on)
+through ONNX Runtime, against the FP32 PyTorch reference with the same seeds: image PSNR/SSIM, the scorer's
+prompt-following accuracy, and how often the build's verdict on a stated attribute agrees with the
+reference's. Writes
+    miniature_quantization.json   per build: image metrics, scores per kind, agreement, build time, graph bytes
     miniature_quantization.md     the table for the README
 """
 from __future__ import annotations
@@ -25,7 +26,10 @@ from environment import describe_environment  # noqa: E402
 from lidit_export.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
 from lidit_export.toy.scorer import KINDS, score_image, summarize  # noqa: E402
 
-PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8", "int8-wo")
+# build name -> (precision of the refiner and DiT, --encoder-weights)
+CONFIGS = {"fp32": ("fp32", "fp32"), "fp16": ("fp16", "fp32"), "bf16": ("bf16", "fp32"), "fp8": ("fp8", "fp32"),
+           "int8": ("int8", "fp32"), "int8-wo": ("int8-wo", "fp32"), "fp32 + int8 encoder": ("fp32", "int8"),
+           "fp32 + int4 encoder": ("fp32", "int4"), "int8 + int8 encoder": ("int8", "int8")}
 
 
 def run_images(generate, scenes, seed: int) -> tuple[np.ndarray, float]:
@@ -36,14 +40,15 @@ def run_images(generate, scenes, seed: int) -> tuple[np.ndarray, float]:
 
 def table(result: dict) -> str:
     kinds = [k for k in KINDS if k in result["reference"]["scores"]]
-    head = ["build", "PSNR dB (min)", "SSIM", "overall", *kinds, "agrees with FP32 ref"]
+    head = ["build", "graphs MB", "PSNR dB (min)", "SSIM", "overall", *kinds, "agrees with FP32 ref"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     ref = result["reference"]["scores"]
-    lines.append("| PyTorch FP32 (reference) | - | - | " + f"{ref['all']['accuracy']:.1%} | "
+    lines.append("| PyTorch FP32 (reference) | - | - | - | " + f"{ref['all']['accuracy']:.1%} | "
                  + " | ".join(f"{ref[k]['accuracy']:.1%}" for k in kinds) + " | - |")
     for p, r in result["precisions"].items():
         s = r["scores"]
-        lines.append(f"| ONNX Runtime {p} | {r['mean_psnr_db']:.1f} ({r['min_psnr_db']:.1f}) | {r['mean_ssim']:.4f} | "
+        lines.append(f"| ONNX Runtime {p} | {sum(r['bytes'].values()) / 1e6:.0f} | {r['mean_psnr_db']:.1f} "
+                     f"({r['min_psnr_db']:.1f}) | {r['mean_ssim']:.4f} | "
                      f"{s['all']['accuracy']:.1%} | " + " | ".join(f"{s[k]['accuracy']:.1%}" for k in kinds)
                      + f" | {r['agreement']:.1%} |")
     return "\n".join(lines) + "\n"
@@ -55,7 +60,8 @@ def main() -> int:
     ap.add_argument("--builds", required=True, help="folder for the builds (BUILDS/mini-<precision>)")
     ap.add_argument("--results", default="benchmarks/results")
     ap.add_argument("--num", type=int, default=100, help="held-out captions")
-    ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    ap.add_argument("--builds-to-run", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), metavar="BUILD",
+                    help=f"of {', '.join(map(repr, CONFIGS))}")
     ap.add_argument("--seed", type=int, default=7, help="captions: the model folder's evaluation split uses 7")
     args = ap.parse_args()
 
@@ -85,10 +91,13 @@ def main() -> int:
               "reference": {"backend": "torch fp32", "seconds_per_image": ref_seconds,
                             "scores": summarize(ref_checks)},
               "precisions": {}}
-    for precision in args.precisions:
-        build = Path(args.builds) / f"{cfg.name}-{precision}"
+    for name in args.builds_to_run:
+        precision, encoder_weights = CONFIGS[name]
+        build = Path(args.builds) / (f"{cfg.name}-{precision}" + (f"-encoder-{encoder_weights}"
+                                                                  if encoder_weights != "fp32" else ""))
         t0 = time.perf_counter()
-        build_pipeline(args.model, build, BuildOptions(precision=precision, engines=None))
+        build_pipeline(args.model, build, BuildOptions(precision=precision, encoder_weights=encoder_weights,
+                                                       engines=None))
         build_seconds = time.perf_counter() - t0
         runtime = Pipeline.load(build)
 
@@ -101,13 +110,16 @@ def main() -> int:
         same = [a.correct == b.correct for ca, cb in zip(checks, ref_checks) for a, b in zip(ca, cb)]
         psnrs = [min(psnr(a, b), 100.0) for a, b in zip(images, ref_images)]
         row = {"build_seconds": build_seconds, "seconds_per_image": seconds,
-               "graphs": {n: r.precision for n, r in runtime.manifest.components.items()},
+               "graphs": {n: r.precision + (f" ({r.weights} weights)" if r.weights else "")
+                          for n, r in runtime.manifest.components.items()},
+               "bytes": {n: sum(f.stat().st_size for f in (build / r.file).parent.glob(Path(r.file).name + "*"))
+                         for n, r in runtime.manifest.components.items()},
                "emulated_bf16": getattr(runtime.backend, "emulated_bf16", []),
                "mean_psnr_db": float(np.mean(psnrs)), "min_psnr_db": float(np.min(psnrs)),
                "mean_ssim": float(np.mean([ssim(a, b) for a, b in zip(images, ref_images)])),
                "agreement": float(np.mean(same)), "scores": summarize(checks)}
-        result["precisions"][precision] = row
-        print(f"{precision}: PSNR {row['mean_psnr_db']:.1f} dB (min {row['min_psnr_db']:.1f}), SSIM "
+        result["precisions"][name] = row
+        print(f"{name}: PSNR {row['mean_psnr_db']:.1f} dB (min {row['min_psnr_db']:.1f}), SSIM "
               f"{row['mean_ssim']:.4f}, score {row['scores']['all']['accuracy']:.1%} (reference "
               f"{result['reference']['scores']['all']['accuracy']:.1%}), agreement {row['agreement']:.1%}", flush=True)
         out = Path(args.results)
