@@ -30,24 +30,6 @@ BUILDS = {"ort fp32": ("fp32", "fp32"), "ort fp32 + int8 encoder": ("fp32", "int
 DEFAULT_BUILDS = ["ort fp32", "ort fp32 + int8 encoder", "ort int8", "ort int8 + int8 encoder"]
 
 
-def gemm_peak_gflops(threads: int, n: int = 2048, reps: int = 10) -> float:
-    """Best FP32 GEMM rate of torch.mm at n x n x n with `threads` threads."""
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(reps))
-    return 2 * n ** 3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def _attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
     """FlopCounterMode has no formula for CPU's fused attention: QK^T and PV, 2 FLOPs per multiply-add."""
     *batch, lq, d = query
@@ -117,10 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     from lidit_export.stages import BuildOptions, build_pipeline
     from lidit_runtime.pipeline import Pipeline
 
-    from ort_profile import ort_matmul_gflops
+    from ort_profile import ort_matmul_gflops, torch_mm_gflops
 
     threads = torch.get_num_threads()
-    peaks = {"torch.mm": gemm_peak_gflops(threads), "onnxruntime MatMul": ort_matmul_gflops(threads)}
+    peaks = {"torch.mm": torch_mm_gflops(threads), "onnxruntime MatMul": ort_matmul_gflops(threads)}
     peak = max(peaks.values())
     print(f"FP32 GEMM peak (2048^3, {threads} threads): " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items())
           + " GFLOP/s", flush=True)
