@@ -149,8 +149,12 @@ def _check_faithful(pipe, build, precision, shapes):
 @pytest.mark.parametrize("fixture, precision", [("tiny_fp8_build", "fp8"), ("tiny_int8_build", "int8")])
 def test_qdq_graphs_are_faithful_to_modelopt_on_tiny(request, tiny_pipe, fixture, precision):
     gaps = _check_faithful(tiny_pipe, request.getfixturevalue(fixture), precision, [(2, (8, 8)), (3, (6, 10))])
+    # Most cases sit at float noise (~1e-7); where one value lands on the other side of an FP8 rounding tie in
+    # an early layer, the later layers carry it: the tiny FP8 DiT at batch 2, 8x8 measured 0.14x its
+    # quantization error on an AVX2-only CPU (< 0.1x with AVX-512 kernels, whose sums run in another order).
+    # A wrong scale or a misplaced quantizer moves the graph by about the quantization error itself.
     for runtime_gap, quant_error in gaps:
-        assert runtime_gap <= 0.1 * quant_error
+        assert runtime_gap <= 0.25 * quant_error
 
 
 @pytest.mark.parametrize("precision", ["fp8", "int8"])

@@ -188,6 +188,8 @@ def serve(build_dir: str | Path, options: ServeOptions | None = None, ready=prin
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             if not wait_ready(f"http://{options.host}:{options.http_port}", server, timeout_s=120):
+                if stopping:  # a stop asked for while the server was starting (it may be ready to a client already)
+                    return 0
                 if server.poll() is not None:
                     raise LiditError(f"the Triton server exited while starting (exit code {server.returncode}); its "
                                      "log above names the cause (a port in use, a model that failed to load)")
