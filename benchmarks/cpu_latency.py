@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from environment import STAGES, describe_environment, interleaved, stage_plot  # noqa: E402
+from environment import STAGES, artifact_bytes, build_folder, describe_environment, interleaved, stage_plot  # noqa: E402
 
 PROMPT = "a red circle to the left of a blue square"
 # build name -> (precision of the refiner and DiT, --encoder-weights)
@@ -128,15 +128,14 @@ def main(argv: list[str] | None = None) -> None:
         builds = {}
         for name in args.builds_to_run:
             precision, weights = BUILDS[name]
-            build = Path(args.builds) / (f"{config.name}-{precision}" + (f"-encoder-{weights}" if weights != "fp32" else ""))
+            build = build_folder(args.builds, config.name, precision, weights)
             print(f"{config.name}: {name} -> {build}", flush=True)
             build_pipeline(folder, build, BuildOptions(precision=precision, encoder_weights=weights, engines=None),
                            progress=lambda *_: None)
             runtime = Pipeline.load(build)
             runs[name] = lambda seed, runtime=runtime: runtime.generate(PROMPT, seed=seed, steps=steps, cfg=cfg,
                                                                         **size).timings
-            builds[name] = {n: sum(f.stat().st_size for f in (build / r.file).parent.glob(Path(r.file).name + "*"))
-                            for n, r in runtime.manifest.components.items()}
+            builds[name] = artifact_bytes(build, runtime.manifest)
         rows = interleaved(runs, args.images)
         for name, row in rows.items():
             row["dit_gflops"] = flops * steps / (row["stages"]["denoise"]["p50_ms"] / 1e3) / 1e9

@@ -3,7 +3,7 @@
     python benchmarks/encoder_weights.py --model models/mini --builds build
 
 Builds the model's FP32 graphs three times, once per encoder weight format (reusing up-to-date builds under
-BUILDS/<name>-fp32[-encoder-<w>], the names benchmarks/miniature_quantization.py uses), then per encoder graph:
+the folders environment.build_folder names, shared with the other benchmarks), then per encoder graph:
 - bytes on disk (graph + external data) of every artifact of each build;
 - the features' error against the FP32 graph (relative L2 of `hidden` over the caption rows and of `pooled`,
   per prompt: median and max) on the calibration prompts of the model folder, else the shipped prompts;
@@ -23,18 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from encoder_prefix_cache import CAPTIONS  # noqa: E402
-from environment import describe_environment, percentiles  # noqa: E402
+from environment import artifact_bytes, build_folder, describe_environment, percentiles  # noqa: E402
 
 FORMATS = ("fp32", "int8", "int4")
-
-
-def build_name(model: str, weights: str) -> str:
-    return f"{model}-fp32" + (f"-encoder-{weights}" if weights != "fp32" else "")
-
-
-def artifact_bytes(build: Path, manifest) -> dict:
-    return {n: sum(f.stat().st_size for f in (build / r.file).parent.glob(Path(r.file).name + "*"))
-            for n, r in manifest.components.items()}
 
 
 def plot(report: dict) -> bytes:
@@ -67,7 +58,7 @@ def main() -> None:
     config = PipelineConfig.from_json_file(Path(args.model) / INDEX)
     runtimes, builds = {}, {}
     for w in FORMATS:
-        build = Path(args.builds) / build_name(config.name, w)
+        build = build_folder(args.builds, config.name, "fp32", w)
         build_pipeline(args.model, build, BuildOptions(encoder_weights=w, engines=None), progress=lambda *_: None)
         runtimes[w] = Pipeline.load(build)
         builds[w] = {"folder": build.name, "bytes": artifact_bytes(build, runtimes[w].manifest)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+from pathlib import Path
 
 
 PACKAGES = ("lidit-export", "lidit-runtime", "torch", "transformers", "diffusers", "onnx", "onnxruntime",
@@ -57,6 +58,18 @@ def percentiles(samples: list[float]) -> dict:
 
 
 STAGES = ("encode", "refine", "denoise", "decode", "total")
+
+
+def build_folder(builds: str | Path, model: str, precision: str, encoder_weights: str = "fp32") -> Path:
+    """Where the benchmarks keep a model's build of one precision and encoder weight format (shared, so that
+    one benchmark reuses what another built)."""
+    return Path(builds) / (f"{model}-{precision}" + (f"-encoder-{encoder_weights}" if encoder_weights != "fp32" else ""))
+
+
+def artifact_bytes(build: Path, manifest) -> dict:
+    """Bytes on disk of each component's graph, its external data included."""
+    return {n: (build / r.file).stat().st_size + ((build / r.data_file).stat().st_size if r.data_file else 0)
+            for n, r in manifest.components.items()}
 
 
 def interleaved(runs: dict, images: int, warmup: int = 2) -> dict:

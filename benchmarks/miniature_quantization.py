@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from environment import describe_environment  # noqa: E402
+from environment import artifact_bytes, build_folder, describe_environment  # noqa: E402
 
 from lidit_export.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
 from lidit_export.toy.scorer import KINDS, score_image, summarize  # noqa: E402
@@ -93,8 +93,7 @@ def main() -> int:
               "precisions": {}}
     for name in args.builds_to_run:
         precision, encoder_weights = CONFIGS[name]
-        build = Path(args.builds) / (f"{cfg.name}-{precision}" + (f"-encoder-{encoder_weights}"
-                                                                  if encoder_weights != "fp32" else ""))
+        build = build_folder(args.builds, cfg.name, precision, encoder_weights)
         t0 = time.perf_counter()
         build_pipeline(args.model, build, BuildOptions(precision=precision, encoder_weights=encoder_weights,
                                                        engines=None))
@@ -112,8 +111,7 @@ def main() -> int:
         row = {"build_seconds": build_seconds, "seconds_per_image": seconds,
                "graphs": {n: r.precision + (f" ({r.weights} weights)" if r.weights else "")
                           for n, r in runtime.manifest.components.items()},
-               "bytes": {n: sum(f.stat().st_size for f in (build / r.file).parent.glob(Path(r.file).name + "*"))
-                         for n, r in runtime.manifest.components.items()},
+               "bytes": artifact_bytes(build, runtime.manifest),
                "emulated_bf16": getattr(runtime.backend, "emulated_bf16", []),
                "mean_psnr_db": float(np.mean(psnrs)), "min_psnr_db": float(np.min(psnrs)),
                "mean_ssim": float(np.mean([ssim(a, b) for a, b in zip(images, ref_images)])),

@@ -47,6 +47,12 @@ def input_key(model_dir: Path, config, comp: Component, spec, prefix_cache: bool
     return h.hexdigest()
 
 
+def graph_weights(comp, encoder_weights: str) -> str | None:
+    """The block-quantized weight format a component's graph is exported with: an LLM encoder's
+    --encoder-weights when not fp32, else None (every other graph keeps its precision's weights)."""
+    return encoder_weights if comp.llm is not None and encoder_weights != "fp32" else None
+
+
 def export_component(folder: BuildFolder, name: str, spec, key: str, module, sample, precision: Precision,
                      calibration: str | None, half: bool, progress, weights: str | None = None) -> ComponentRecord:
     """One graph of a build: reused when its key matches, else traced from `module` on `sample()` (called only
@@ -119,7 +125,7 @@ def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapePro
             folder, name, specs[name], input_key(model_dir, config, comp, specs[name], prefix_cache), modules[name],
             lambda name=name: sample[name], precision, quantized[name].key if name in quantized else None,
             precision.policy.half and comp.half_convertible, progress,
-            weights=encoder_weights if comp.llm is not None and encoder_weights != "fp32" else None)
+            weights=graph_weights(comp, encoder_weights))
     tokenizers = copy_tokenizers(pipe, build_dir)
     previous = folder.previous.engines if folder.previous else {}
     manifest = Manifest(

@@ -299,7 +299,7 @@ def export_family(model_dir: str | Path, folder: BuildFolder, profile: ShapeProf
     module (quant.calibrate), exported as `precision` Q/DQ graphs; half precisions convert the refiner and DiT;
     encoder_weights int8 / int4 quantizes the LLM encoder graph's weights for ONNX Runtime."""
     from ..artifacts import atomic_write_bytes
-    from ..export.export_build import export_component, tool_versions
+    from ..export.export_build import export_component, graph_weights, tool_versions
 
     model_dir = Path(model_dir)
     family, pipe = loaded or load_pipeline(model_dir)
@@ -324,7 +324,7 @@ def export_family(model_dir: str | Path, folder: BuildFolder, profile: ShapeProf
             quantized[name].module if name in quantized else modules[name], lambda name=name: sample(name),
             precision, quantized[name].key if name in quantized else None,
             precision.policy.half and name in ("refiner", "dit"), progress,
-            weights=encoder_weights if component(name).llm is not None and encoder_weights != "fp32" else None)
+            weights=graph_weights(component(name), encoder_weights))
     source = _tokenizer_file(model_dir).read_bytes()
     digest = hashlib.sha256(source).hexdigest()
     rel = f"tokenizers/llm_0-{digest[:16]}.json"
