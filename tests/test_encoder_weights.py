@@ -92,8 +92,23 @@ def test_engines_of_a_quantized_encoder_are_refused_with_the_fix(weights_build, 
     assert "MatMulNBits" in message and "--encoder-weights fp32" in message and "--target none" in message
 
 
+def test_unknown_encoder_weights_are_refused_in_one_line(tiny_folder, tmp_path):
+    from lidit_export.errors import ConfigError
+    from lidit_export.stages import BuildOptions
+
+    run = subprocess.run([sys.executable, "-m", "lidit_export.cli", "build", "--model", tiny_folder, "--out",
+                          tmp_path / "b", "--encoder-weights", "int3"], capture_output=True, text=True)
+    message = run.stderr.strip()
+    assert run.returncode == 2 and "\n" not in message and "Traceback" not in message
+    assert "--encoder-weights" in message and "int3" in message and not (tmp_path / "b").exists()
+    with pytest.raises(ConfigError, match=r"encoder_weights='int3' is unknown; use one of fp32, int8, int4"):
+        BuildOptions(encoder_weights="int3").validate()
+
+
 def test_unknown_weights_in_a_manifest_are_refused(weights_build, tmp_path):
     import shutil
+
+    from test_cpp import cpp_tool
 
     _, build = weights_build
     copy = tmp_path / "build"
@@ -103,6 +118,10 @@ def test_unknown_weights_in_a_manifest_are_refused(weights_build, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=r"components.encoder_0.weights='int3' is not one of"):
         Pipeline.load(copy)
+    run = subprocess.run([cpp_tool("lidit-generate"), "--build", copy, "--prompt", "a cat", "--out", tmp_path / "c.png"],
+                         capture_output=True, text=True)
+    assert run.returncode in (1, 2) and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "components.encoder_0.weights" in run.stderr and "int3" in run.stderr, run.stderr
 
 
 def test_the_cpp_runtime_runs_a_quantized_encoder_build_like_python(weights_build, tmp_path):
