@@ -82,3 +82,31 @@ def test_random_preset_refiner_is_not_an_identity(tiny_pipe):
         projected = torch.cat([b.in_proj(h)[:, p:] for b, h, p in
                                zip(refiner.branches, hidden, tiny_pipe.config.refiner.prefix_lengths)], dim=1)
     assert (context - projected).abs().mean() > 0.1 * projected.abs().mean()
+
+
+def _sliced_after_full(refiner, hidden, masks, pooled, t):
+    """The refiner computed at every position and sliced afterwards (what the trimmed last stage must equal)."""
+    t_emb = refiner.t_embedder(t)
+    tokens, conds = [], []
+    for branch, h, m, p in zip(refiner.branches, hidden, masks, pooled):
+        x, c = branch(h, m, p, t_emb)
+        tokens.append(x)
+        conds.append(c)
+    if refiner.collab is not None:
+        tokens = refiner.collab(tokens, list(masks), conds)
+    return torch.cat([x[:, p:] for x, p in zip(tokens, refiner.config.prefix_lengths)], dim=1)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("collab", [True, False])
+def test_last_stage_computes_caption_positions_only_and_equals_the_full_refiner(tiny_pipe, causal, collab):
+    hidden, masks, pooled, t = _inputs(tiny_pipe)
+    refiner = _refiner(tiny_pipe, causal)
+    if not collab:
+        refiner.collab = None  # the token refiners' last block is then the one trimmed
+    with torch.no_grad():
+        context, _ = refiner(hidden, masks, pooled, t)
+        expected = _sliced_after_full(refiner, hidden, masks, pooled, t)
+    assert context.shape == expected.shape
+    assert (context - expected).abs().max().item() <= 1e-5
+    assert expected.abs().max().item() > 0.1  # the comparison is not between zeros

@@ -34,11 +34,14 @@ class CollaborativeRefiner(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(CollaborativeBlock(dim, num_heads, mlp_ratio, eps) for _ in range(num_branches))
 
-    def forward(self, tokens: list[torch.Tensor], masks: list[torch.Tensor],
-                conds: list[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(self, tokens: list[torch.Tensor], masks: list[torch.Tensor], conds: list[torch.Tensor],
+                keep: list[int] | None = None) -> list[torch.Tensor]:
+        """keep[k]: leading positions of branch k the caller drops; they are still keys of the other branches
+        but are not computed as queries (the blocks are per-position apart from attention: equal to slicing after)."""
+        keep = keep or [0] * len(tokens)
         out = []
         for k, block in enumerate(self.blocks):  # every branch reads the others' states from before this stage
             others = torch.cat([t for j, t in enumerate(tokens) if j != k], dim=1)
             other_mask = torch.cat([m for j, m in enumerate(masks) if j != k], dim=1)
-            out.append(block(tokens[k], others, key_padding_bias(other_mask), conds[k]))
+            out.append(block(tokens[k][:, keep[k]:], others, key_padding_bias(other_mask), conds[k]))
         return out

@@ -30,14 +30,16 @@ class PromptRefiner(nn.Module):
         """Per LLM k: hidden (B, L_k, H_k), mask (B, L_k), pooled (B, H_k); timestep (B,)
         -> context (B, sum_k(L_k - P_k), D) and its 0/1 mask (int64)."""
         t_emb = self.t_embedder(timestep)
+        keep = self.config.prefix_lengths
+        # The last stage computes caption positions only: instruction tokens are keys there, never outputs.
+        last = [0] * len(keep) if self.collab is not None else keep
         tokens, conds = [], []
-        for branch, h, m, p in zip(self.branches, hidden, masks, pooled):
-            x, c = branch(h, m, p, t_emb)
+        for branch, h, m, p, k in zip(self.branches, hidden, masks, pooled, last):
+            x, c = branch(h, m, p, t_emb, k)
             tokens.append(x)
             conds.append(c)
         if self.collab is not None:
-            tokens = self.collab(tokens, list(masks), conds)
-        keep = self.config.prefix_lengths
-        context = torch.cat([x[:, p:] for x, p in zip(tokens, keep)], dim=1)
+            tokens = self.collab(tokens, list(masks), conds, keep)
+        context = torch.cat(tokens, dim=1)
         mask = torch.cat([m[:, p:] for m, p in zip(masks, keep)], dim=1).to(torch.int64)
         return context, mask

@@ -21,9 +21,16 @@ class TokenRefinerBlock(nn.Module):
         self.gates = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
         zero_init_(self.gates)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, c: torch.Tensor, keep: int = 0) -> torch.Tensor:
+        """keep > 0: only positions keep: are returned, and only they are computed as queries (every position
+        is still a key); equal to the full block sliced afterwards, at a fraction of its cost."""
         gate_attn, gate_mlp = self.gates(c).unsqueeze(1).chunk(2, dim=-1)  # (B, 1, D) each
-        x = x + gate_attn * self.attn(self.norm1(x), allowed=allowed)
+        h = self.norm1(x)
+        if keep:
+            rows = allowed[:, :, keep:] if allowed.shape[2] > 1 else allowed  # causal masks have a row per query
+            x = x[:, keep:] + gate_attn * self.attn(h[:, keep:], context=h, allowed=rows)
+        else:
+            x = x + gate_attn * self.attn(h, allowed=allowed)
         return x + gate_mlp * self.mlp(self.norm2(x))
 
 
@@ -37,11 +44,13 @@ class TokenRefiner(nn.Module):
         self.blocks = nn.ModuleList(TokenRefinerBlock(dim, num_heads, mlp_ratio, eps) for _ in range(depth))
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor,
-                t_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden (B, L, H_llm), mask (B, L), pooled (B, H_llm), t_emb (B, D) -> tokens (B, L, D), c (B, D)."""
+                t_emb: torch.Tensor, keep: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden (B, L, H_llm), mask (B, L), pooled (B, H_llm), t_emb (B, D) -> tokens (B, L - keep, D), c (B, D).
+
+        keep: leading positions the caller drops from the output; the last block computes only the rest."""
         x = self.in_proj(hidden.to(self.in_proj.weight.dtype))
         c = t_emb + self.pooled_embedder(pooled.to(x.dtype))
         allowed = key_padding_bias(mask, x.shape[1], causal=self.causal)
-        for block in self.blocks:
-            x = block(x, allowed, c)
-        return x, c
+        for index, block in enumerate(self.blocks):
+            x = block(x, allowed, c, keep if index == len(self.blocks) - 1 else 0)
+        return (x[:, keep:] if not self.blocks else x), c
