@@ -7,6 +7,8 @@ Per model (20 steps, batch 1, the model's default size and cfg): every configura
 image by image in turn (alternating which goes first), 2 warm-up images each, then --images timed ones.
 Configurations: `torch eager` / `torch.compile` (FP32 reference, the refiner and DiT compiled), then the
 ONNX Runtime builds named by --builds-to-run (precision of the refiner and DiT, plus the encoders' weights).
+Every configuration keeps the negative prompt's encoder outputs and refined tokens across images (the
+runtime's UncondCache, set on the reference pipelines too), so each image refines its own prompt only.
 The DiT's FLOPs per call are counted by torch's FlopCounterMode on the reference (attention included); the
 GEMM peak is the faster of torch.mm and ONNX Runtime's MatMul on 2048^3 FP32 matrices, same thread count.
 Writes OUT/cpu_latency.json (hardware, versions, load, settings, per-stage p50/p95, GFLOP/s, artifact bytes), cpu_latency.png and cpu_latency.md
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     from lidit_export.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text
     from lidit_export.model.pipeline import GenerateRequest, LiDiTPipeline
     from lidit_export.stages import BuildOptions, build_pipeline
-    from lidit_runtime.pipeline import Pipeline
+    from lidit_runtime.pipeline import Pipeline, UncondCache
 
     from ort_profile import ort_matmul_gflops, torch_mm_gflops
 
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
 
         flops = dit_flops_per_call(reference, request(0, steps=2))
         compiled = LiDiTPipeline.from_pretrained(folder)
+        for pipe in (reference, compiled):  # the negative prompt's outputs are cached across images, as the runtime does
+            pipe.uncond_cache = UncondCache()
         compiled.transformer = torch.compile(compiled.transformer)
         compiled.refiner = torch.compile(compiled.refiner)
         t0 = time.perf_counter()

@@ -21,7 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lidit_runtime.manifest import build_file
-from lidit_runtime.pipeline import GenerateRequest, GenerateResult, LatentGeometry, RequestLimits, as_request, run_chain
+from lidit_runtime.pipeline import (GenerateRequest, GenerateResult, LatentGeometry, RequestLimits, UncondCache, as_request,
+                                   run_chain)
 from lidit_runtime.tokenize import PromptTokenizer
 
 from ..artifacts import atomic_directory, atomic_write_text
@@ -112,6 +113,9 @@ class LiDiTPipeline:
         # and evaluation run larger ones).
         specs = graph_specs(config)
         self.limits = replace(RequestLimits.from_dims(specs["dit"].dims, specs["vae_decoder"].dims), max_batch=None)
+        # Off by default: calibration and training change the modules in place, and cached negative-prompt
+        # outputs would then be stale. A caller that serves fixed weights may set an UncondCache (benchmarks do).
+        self.uncond_cache: UncondCache | None = None
 
     family_name = None  # lidit-export's own architecture (the diffusers families are FamilyReference)
 
@@ -186,7 +190,8 @@ class LiDiTPipeline:
         request = as_request(request, **fields).with_defaults(config.scheduler, config.default_height,
                                                                 config.default_width)
         return run_chain(TorchBackend(self), self.tokenizers, self.geometry, config.scheduler, request,
-                         keep_trajectory=keep_trajectory, on_step=on_step, limits=self.limits)
+                         keep_trajectory=keep_trajectory, on_step=on_step, limits=self.limits,
+                         uncond_cache=self.uncond_cache)
 
 
 def build_modules(config: PipelineConfig):

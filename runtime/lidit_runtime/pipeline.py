@@ -8,6 +8,7 @@ import math
 import numbers
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -181,17 +182,52 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return (np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
+class UncondCache:
+    """What the negative prompt gives a build, kept across requests (it never changes): its encoder outputs and,
+    per timestep schedule, its refined tokens. Least recently used entries go beyond `max_entries` (requests
+    choose their negative prompt, so an unbounded cache would grow with them); safe to share between threads.
+    Values are host (numpy) arrays."""
+
+    def __init__(self, max_entries: int = 32):
+        self.max_entries = max_entries
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key, value):
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 def encode_conditions(backend: Backend, tokenizers: Sequence[PromptTokenizer], prompts: list[str],
-                      negative: str | None, uncond_cache: dict | None):
+                      negative: str | None, uncond_cache: UncondCache | None):
     """Encoder outputs for [prompts; negative x B] (or prompts alone when negative is None).
 
     Returns per LLM: hidden (R, L, H), mask (R, L), pooled (R, H) or None (encoders without a pooled
-    output) as backend arrays, R = 2B or B. Cached unconditional rows are padded with zero states and
-    mask 0; padded tokens are masked in every attention and excluded from the pooled mean, so this
-    equals encoding the rows together.
+    output) as backend arrays, R = 2B or B; and, when the negative prompt came from `uncond_cache`, its own
+    (hidden (1, Lu, H), mask (1, Lu), pooled) per LLM at its own length (host arrays), else None. Cached
+    unconditional rows are padded with zero states and mask 0; padded tokens are masked in every attention
+    and excluded from the pooled mean, so this equals encoding the rows together.
     """
     batch = len(prompts)
-    hidden, masks, pooled = [], [], []
+    hidden, masks, pooled, natural = [], [], [], []
     for index, tokenizer in enumerate(tokenizers):
         if negative is None or uncond_cache is None:
             rows = tokenizer.rows(prompts) + (tokenizer.rows([negative], negative=True) * batch if negative is not None else [])
@@ -201,14 +237,17 @@ def encode_conditions(backend: Backend, tokenizers: Sequence[PromptTokenizer], p
             hidden.append(h)
             masks.append(mask)
             pooled.append(p)
+            natural = None
             continue
-        key = (index, negative)
-        if key not in uncond_cache:
+        key = ("encoded", index, negative)
+        cached = uncond_cache.get(key)
+        if cached is None:
             t = tokenizer([negative], negative=True)
             h, p = backend.encode_prompt(index, backend.asarray(t.input_ids), backend.asarray(t.attention_mask))
-            uncond_cache[key] = (backend.to_numpy(h).copy(), None if p is None else backend.to_numpy(p).copy(),
-                                 t.attention_mask)
-        u_hidden, u_pooled, u_mask = uncond_cache[key]
+            cached = uncond_cache.put(key, (backend.to_numpy(h).copy(), None if p is None else backend.to_numpy(p).copy(),
+                                            t.attention_mask))
+        u_hidden, u_pooled, u_mask = cached
+        natural.append((u_hidden, u_mask, u_pooled))
         cond = tokenizer(prompts)
         length = max(cond.input_ids.shape[1], u_mask.shape[1])
         if cond.input_ids.shape[1] < length:
@@ -220,7 +259,7 @@ def encode_conditions(backend: Backend, tokenizers: Sequence[PromptTokenizer], p
         hidden.append(backend.concat([h, backend.asarray(np.repeat(u_hidden, batch, 0))], axis=0))
         masks.append(backend.asarray(np.concatenate([cond.attention_mask, np.repeat(u_mask, batch, 0)])))
         pooled.append(None if p is None else backend.concat([p, backend.asarray(np.repeat(u_pooled, batch, 0))], axis=0))
-    return hidden, masks, pooled
+    return hidden, masks, pooled, natural
 
 
 def renormalize(backend: Backend, guided, cond, rule, multiple: float):
@@ -259,9 +298,51 @@ def refine_all_steps(backend: Backend, hidden, masks, pooled, timesteps, rows: i
     return out
 
 
+def refine_with_cached_uncond(backend: Backend, hidden, masks, pooled, timesteps, batch: int, natural,
+                              prefixes: Sequence[int], uncond_cache: UncondCache, negative: str):
+    """refine_all_steps for [B cond rows; B negative rows] when the negative prompt's encoder outputs came from the
+    cache: its refined tokens for this schedule are computed once (one row per step, at its own length) and kept
+    in `uncond_cache`; each request refines its B cond rows alone. The cached tokens are laid out like the cond
+    rows' context (one segment of L_k - prefix_k tokens per LLM): each segment zero-padded with mask 0, which
+    the DiT's masked cross-attention ignores, as it ignores padding everywhere. None when the shapes do not
+    follow that layout (the caller then refines all rows together)."""
+    lengths = [m.shape[1] for m in masks]
+    own = [u_mask.shape[1] for _, u_mask, _ in natural]
+    if any(p < 0 or p > u for p, u in zip(prefixes, own)):
+        return None
+    key = ("refined", negative, tuple(own), np.asarray(backend.to_numpy(timesteps[:, 0])).tobytes())
+    cached = uncond_cache.get(key)
+    if cached is None:
+        ones = lambda arrays: [None if a is None else backend.asarray(a) for a in arrays]  # noqa: E731
+        steps = refine_all_steps(backend, ones([h for h, _, _ in natural]), ones([m for _, m, _ in natural]),
+                                 ones([p for _, _, p in natural]), timesteps[:, :1], 1)
+        cached = [(backend.to_numpy(c).copy(), backend.to_numpy(m).copy()) for c, m in steps]
+        if any(c.shape[1] != sum(u - p for u, p in zip(own, prefixes)) for c, _ in cached):
+            return None
+        uncond_cache.put(key, cached)
+    cond = refine_all_steps(backend, [h[:batch] for h in hidden], [m[:batch] for m in masks],
+                            [None if p is None else p[:batch] for p in pooled], timesteps[:, :batch], batch)
+    if any(c.shape[1] != sum(n - p for n, p in zip(lengths, prefixes)) for c, _ in cond):
+        return None
+    out = []
+    for (context, mask), (u_context, u_mask) in zip(cond, cached):
+        parts, mask_parts, start = [], [], 0
+        for u, n, p in zip(own, lengths, prefixes):
+            width = u - p
+            pad = (n - p) - width
+            parts += [u_context[:, start:start + width], np.zeros((1, pad, u_context.shape[2]), u_context.dtype)]
+            mask_parts += [u_mask[:, start:start + width], np.zeros((1, pad), u_mask.dtype)]
+            start += width
+        u_context = np.repeat(np.concatenate(parts, axis=1), batch, 0)
+        u_mask = np.repeat(np.concatenate(mask_parts, axis=1), batch, 0).astype(backend.to_numpy(mask).dtype)
+        out.append((backend.concat([context, backend.asarray(u_context)], axis=0),
+                    backend.concat([mask, backend.asarray(u_mask)], axis=0)))
+    return out
+
+
 def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry: LatentGeometry,
               scheduler: SchedulerConfig, request: GenerateRequest, *, keep_trajectory: bool = False,
-              on_step: Callable[[int, int], None] | None = None, uncond_cache: dict | None = None,
+              on_step: Callable[[int, int], None] | None = None, uncond_cache: UncondCache | None = None,
               limits: RequestLimits | None = None, warned: set | None = None,
               chain: ChainRecord | None = None, batch_refiner: bool = True) -> GenerateResult:
     """Tokenize -> encoders -> refiner (per step, or once when it does not read the timestep) -> per step
@@ -269,9 +350,9 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
 
     The request is checked first (check_request; limits: the build's sizes); encoder outputs, final
     latents and the image are checked for NaN / infinity, each failure naming its stage.
-    uncond_cache: a dict kept by the caller across requests; the unconditional (negative prompt)
-    encoder outputs are then computed once and reused (they never change). Without it, cond and
-    uncond rows are encoded together as one 2B batch.
+    uncond_cache: an UncondCache kept by the caller across requests; the unconditional (negative prompt)
+    encoder outputs, and with batch_refiner its refined tokens per schedule, are then computed once and reused
+    (they never change). Without it, cond and uncond rows are encoded and refined together as 2B rows.
     batch_refiner: a timestep-dependent refiner runs for every step before the loop, in as few batched calls
     as `refine_all_steps` allows (its inputs are all known up front); False: once per step, inside the loop.
     """
@@ -294,8 +375,9 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
               for i in range(plan.num_steps)]
     renorm = rule.renorm != "none" and request.cfg_normalization > 0
 
-    hidden, masks, pooled = encode_conditions(backend, tokenizers, list(request.prompts),
-                                              request.negative_prompt if any(guided) else None, uncond_cache)
+    negative = request.negative_prompt if any(guided) else None
+    hidden, masks, pooled, natural = encode_conditions(backend, tokenizers, list(request.prompts), negative,
+                                                       uncond_cache)
     for index, (h, p) in enumerate(zip(hidden, pooled)):  # a NaN anywhere in an encoder's states reaches its mean
         check_finite(backend, h if p is None else p, f"encoder {index}")
     pooled_all = None if any(p is None for p in pooled) else backend.concat(pooled, axis=-1)
@@ -314,7 +396,11 @@ def run_chain(backend: Backend, tokenizers: Sequence[PromptTokenizer], geometry:
     if not chain.refiner_timestep:  # the refiner does not read the timestep: once per request
         refined = backend.refine_tokens(hidden, masks, pooled, None)
     elif batch_refiner and not replaying:  # it reads nothing the loop changes: every step's refiner up front
-        refined = refine_all_steps(backend, hidden, masks, pooled, timesteps, rows)
+        if natural is not None:  # the negative prompt's refined tokens are cached too
+            refined = refine_with_cached_uncond(backend, hidden, masks, pooled, timesteps, batch, natural,
+                                                [len(t.prefix_ids) for t in tokenizers], uncond_cache, negative)
+        if refined is None:
+            refined = refine_all_steps(backend, hidden, masks, pooled, timesteps, rows)
     backend.synchronize()
     timings["refine_ahead"] = clock() - t0
     conditions = (hidden, masks, pooled, pooled_all, timesteps)
@@ -410,7 +496,7 @@ class Pipeline:
         self.scheduler = manifest.scheduler_config
         self.chain = manifest.chain
         self.limits = RequestLimits.from_dims(manifest.components["dit"].dims, manifest.components["vae_decoder"].dims)
-        self.uncond_cache: dict = {}  # negative-prompt encoder outputs, computed once per pipeline
+        self.uncond_cache = UncondCache()  # the negative prompt's encoder outputs and refined tokens, kept
         self._warned: set = set()  # sizes already warned about
         self._lock = contextlib.nullcontext() if getattr(backend, "thread_safe", False) else threading.Lock()
         self.batch_refiner = True  # every step's refiner up front in batched calls (False: once per step)
