@@ -25,11 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from environment import STAGES, artifact_bytes, build_folder, describe_environment, interleaved, stage_plot  # noqa: E402
 
 PROMPT = "a red circle to the left of a blue square"
-# build name -> (precision of the refiner and DiT, --encoder-weights)
-BUILDS = {"ort fp32": ("fp32", "fp32"), "ort fp32 + int8 encoder": ("fp32", "int8"), "ort int8": ("int8", "fp32"),
-          "ort int8-wo": ("int8-wo", "fp32"), "ort int8 + int8 encoder": ("int8", "int8"),
-          "ort fp16": ("fp16", "fp32"), "ort fp8": ("fp8", "fp32")}
-DEFAULT_BUILDS = ["ort fp32", "ort fp32 + int8 encoder", "ort int8", "ort int8 + int8 encoder"]
+# build name -> (precision of the refiner and DiT, --encoder-weights, --int8-kernels)
+BUILDS = {"ort fp32": ("fp32", "fp32", "qdq"), "ort fp32 + int8 encoder": ("fp32", "int8", "qdq"),
+          "ort int8": ("int8", "fp32", "qdq"), "ort int8 integer": ("int8", "fp32", "integer"),
+          "ort int8 integer + int8 encoder": ("int8", "int8", "integer"), "ort int8-wo": ("int8-wo", "fp32", "qdq"),
+          "ort int8 + int8 encoder": ("int8", "int8", "qdq"), "ort fp16": ("fp16", "fp32", "qdq"),
+          "ort fp8": ("fp8", "fp32", "qdq")}
+DEFAULT_BUILDS = ["ort fp32", "ort fp32 + int8 encoder", "ort int8", "ort int8 integer", "ort int8 integer + int8 encoder"]
 
 
 def _attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
@@ -131,11 +133,12 @@ def main(argv: list[str] | None = None) -> None:
                 "torch.compile": lambda seed: compiled.generate(request(seed)).timings}
         builds = {}
         for name in args.builds_to_run:
-            precision, weights = BUILDS[name]
-            build = build_folder(args.builds, config.name, precision, weights)
+            precision, weights, kernels = BUILDS[name]
+            build = build_folder(args.builds, config.name, precision, weights, kernels)
             print(f"{config.name}: {name} -> {build}", flush=True)
-            build_pipeline(folder, build, BuildOptions(precision=precision, encoder_weights=weights, engines=None),
-                           progress=lambda *_: None)
+            build_pipeline(folder, build, BuildOptions(precision=precision, encoder_weights=weights, int8_kernels=kernels,
+                                                       calibration_dir=str(Path(args.builds) / "calibration-cache"),
+                                                       engines=None), progress=lambda *_: None)
             runtime = Pipeline.load(build)
             runs[name] = lambda seed, runtime=runtime: runtime.generate(PROMPT, seed=seed, steps=steps, cfg=cfg,
                                                                         **size).timings

@@ -60,10 +60,12 @@ def percentiles(samples: list[float]) -> dict:
 STAGES = ("encode", "refine", "denoise", "decode", "total")
 
 
-def build_folder(builds: str | Path, model: str, precision: str, encoder_weights: str = "fp32") -> Path:
-    """Where the benchmarks keep a model's build of one precision and encoder weight format (shared, so that
-    one benchmark reuses what another built)."""
-    return Path(builds) / (f"{model}-{precision}" + (f"-encoder-{encoder_weights}" if encoder_weights != "fp32" else ""))
+def build_folder(builds: str | Path, model: str, precision: str, encoder_weights: str = "fp32",
+                 int8_kernels: str = "qdq") -> Path:
+    """Where the benchmarks keep a model's build of one precision, encoder weight format and INT8 kernel kind
+    (shared, so that one benchmark reuses what another built)."""
+    return Path(builds) / (f"{model}-{precision}" + (f"-{int8_kernels}" if int8_kernels != "qdq" else "")
+                           + (f"-encoder-{encoder_weights}" if encoder_weights != "fp32" else ""))
 
 
 def artifact_bytes(build: Path, manifest) -> dict:

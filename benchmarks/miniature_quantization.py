@@ -26,10 +26,12 @@ from environment import artifact_bytes, build_folder, describe_environment  # no
 from lidit_export.artifacts import atomic_write_json, atomic_write_text  # noqa: E402
 from lidit_export.toy.scorer import KINDS, score_image, summarize  # noqa: E402
 
-# build name -> (precision of the refiner and DiT, --encoder-weights)
-CONFIGS = {"fp32": ("fp32", "fp32"), "fp16": ("fp16", "fp32"), "bf16": ("bf16", "fp32"), "fp8": ("fp8", "fp32"),
-           "int8": ("int8", "fp32"), "int8-wo": ("int8-wo", "fp32"), "fp32 + int8 encoder": ("fp32", "int8"),
-           "fp32 + int4 encoder": ("fp32", "int4"), "int8 + int8 encoder": ("int8", "int8")}
+# build name -> (precision of the refiner and DiT, --encoder-weights, --int8-kernels)
+CONFIGS = {"fp32": ("fp32", "fp32", "qdq"), "fp16": ("fp16", "fp32", "qdq"), "bf16": ("bf16", "fp32", "qdq"),
+           "fp8": ("fp8", "fp32", "qdq"), "int8": ("int8", "fp32", "qdq"), "int8 integer": ("int8", "fp32", "integer"),
+           "int8-wo": ("int8-wo", "fp32", "qdq"), "fp32 + int8 encoder": ("fp32", "int8", "qdq"),
+           "fp32 + int4 encoder": ("fp32", "int4", "qdq"), "int8 + int8 encoder": ("int8", "int8", "qdq"),
+           "int8 integer + int8 encoder": ("int8", "int8", "integer")}
 
 
 def run_images(generate, scenes, seed: int) -> tuple[np.ndarray, float]:
@@ -92,11 +94,12 @@ def main() -> int:
                             "scores": summarize(ref_checks)},
               "precisions": {}}
     for name in args.builds_to_run:
-        precision, encoder_weights = CONFIGS[name]
-        build = build_folder(args.builds, cfg.name, precision, encoder_weights)
+        precision, encoder_weights, kernels = CONFIGS[name]
+        build = build_folder(args.builds, cfg.name, precision, encoder_weights, kernels)
         t0 = time.perf_counter()
         build_pipeline(args.model, build, BuildOptions(precision=precision, encoder_weights=encoder_weights,
-                                                       engines=None))
+                                                       int8_kernels=kernels, engines=None,
+                                                       calibration_dir=str(Path(args.builds) / "calibration-cache")))
         build_seconds = time.perf_counter() - t0
         runtime = Pipeline.load(build)
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from lidit_runtime.cli import POSITIVE, SEED, Parser, add_request_flags, draw, finite, flag_for, int_in, run_command
-from lidit_runtime.precision import ENCODER_WEIGHTS, Precision
+from lidit_runtime.precision import ENCODER_WEIGHTS, INT8_KERNELS, Precision
 
 from .errors import LiditError
 
@@ -81,6 +81,7 @@ def _cmd_build(args) -> None:
     options = BuildOptions(precision=args.precision, prompts_file=args.prompts, num_prompts=args.num, steps=args.steps,
                            seed=args.seed, smoothquant_alpha=args.alpha, exclude=args.exclude or [],
                            prefix_cache=not args.no_prefix_cache, encoder_weights=args.encoder_weights,
+                           int8_kernels=args.int8_kernels, calibration_dir=args.calibration_cache,
                            profile=ShapeProfile(max_batch=args.max_batch, max_image=args.max_image), engines=engines)
     manifest = build_pipeline(args.model, args.out, options)
     parts = ", ".join(f"{n} {r.precision}" + (f" with {r.weights} weights" if r.weights else "")
@@ -261,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-weights", default="fp32", choices=list(ENCODER_WEIGHTS),
                    help="the LLM encoders' weights: int8 / int4 blocks for ONNX Runtime (3.5x / 6x smaller graphs; "
                    "no TensorRT engines)")
+    p.add_argument("--int8-kernels", default="qdq", choices=list(INT8_KERNELS),
+                   help="--precision int8: qdq (exact Q/DQ, dequantized weights on CPU; TensorRT's form) or integer "
+                   "(weights on 63 levels, run by ONNX Runtime's fused integer kernels: faster on CPU)")
+    p.add_argument("--calibration-cache", default=None, metavar="DIR",
+                   help="calibration cache shared between build folders (default: OUT/calibration); entries are "
+                   "keyed by the weights, recipe and settings")
     p.add_argument("--target", default="auto", choices=["auto", "trt", "trt-rtx", "none"],
                    help="TensorRT engines: full TensorRT, TensorRT for RTX, whichever is installed, or none")
     p.add_argument("--compute-capability", default=None, help="engine GPU, e.g. 8.9 (default: this GPU; 8.9 for trt-rtx)")
@@ -341,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 FIELD_FLAGS = {"num_prompts": "num", "smoothquant_alpha": "alpha", "prompts_file": "prompts", "profiles": "profile",
-               "prompts": "prompt"}
+               "prompts": "prompt", "calibration_dir": "calibration_cache"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lidit_runtime.manifest import Manifest
-from lidit_runtime.precision import ENCODER_WEIGHTS, Precision
+from lidit_runtime.precision import ENCODER_WEIGHTS, INT8_KERNELS, Precision
 
 from .artifacts import atomic_write_text
 from .build_folder import BuildFolder
@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .export.export_build import export_model
 from .export.graph_spec import ShapeProfile
 from .model.pipeline import LiDiTPipeline
-from .quant.calibrate import CalibrationSettings, QuantizedComponent, calibrate
+from .quant.calibrate import CalibrationSettings, QuantizedComponent, calibrate, with_integer_kernel_weights
 from .quant.prompts import load_prompts
 from .quant.recipes import QuantRecipe
 
@@ -35,6 +35,9 @@ class BuildOptions:
     exclude: list[str] = field(default_factory=list)  # fnmatch patterns kept in high precision (recipe.extra_exclude)
     prefix_cache: bool = True
     encoder_weights: str = "fp32"  # fp32 | int8 | int4: the LLM encoders' weights (ONNX Runtime only when quantized)
+    calibration_dir: str | None = None  # calibration cache; default BUILD/calibration (share one between builds)
+    int8_kernels: str = "qdq"  # INT8 only. qdq: 127-level weights, exact Q/DQ at ONNX Runtime's BASIC level (and
+    # TensorRT); integer: 63-level weights, run by ONNX Runtime's fused integer kernels (exact without VNNI)
     profile: ShapeProfile = field(default_factory=ShapeProfile)
     engines: EngineOptions | None = field(default_factory=EngineOptions)  # None: stop after the ONNX stages
 
@@ -49,6 +52,15 @@ class BuildOptions:
         if self.encoder_weights not in ENCODER_WEIGHTS:
             raise ConfigError(f"encoder_weights={self.encoder_weights!r} is unknown; use one of "
                               f"{', '.join(ENCODER_WEIGHTS)}", "encoder_weights")
+        if self.calibration_dir is not None and Path(self.calibration_dir).exists() and not Path(self.calibration_dir).is_dir():
+            raise ConfigError(f"calibration_dir={str(self.calibration_dir)!r} is not a folder; name a folder (it is "
+                              "created if missing)", "calibration_dir")
+        if self.int8_kernels not in INT8_KERNELS:
+            raise ConfigError(f"int8_kernels={self.int8_kernels!r} is unknown; use one of {', '.join(INT8_KERNELS)}",
+                              "int8_kernels")
+        if self.int8_kernels != "qdq" and self.precision is not Precision.INT8:
+            raise ConfigError(f"int8_kernels={self.int8_kernels!r} applies to --precision int8 only (got "
+                              f"{self.precision}); drop --int8-kernels", "int8_kernels")
         self.profile.validate()
         return self
 
@@ -94,7 +106,10 @@ def _build(pipe: LiDiTPipeline, model_dir: Path, folder: BuildFolder, options: B
         settings = CalibrationSettings(prompts=prompts[:count], steps=steps,
                                        cfg=cfg, seed=options.seed, height=height, width=width)
         t0 = time.perf_counter()
-        quantized = calibrate(pipe, model_dir, recipe, settings, build_dir / "calibration", progress)
+        cache = Path(options.calibration_dir) if options.calibration_dir else build_dir / "calibration"
+        quantized = calibrate(pipe, model_dir, recipe, settings, cache, progress)
+        if options.int8_kernels == "integer":
+            quantized = {c: with_integer_kernel_weights(q) for c, q in quantized.items()}
         report["stages"]["calibrate"] = {"seconds": time.perf_counter() - t0, "prompts": len(settings.prompts),
                                          "steps": settings.steps, "reused": all(q.from_cache for q in quantized.values())}
         report["recipe"] = recipe.to_dict()

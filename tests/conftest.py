@@ -47,3 +47,9 @@ def tiny_fp8_build(tiny_folder, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_int8_build(tiny_folder, tmp_path_factory):
     return quantized_build(tiny_folder, tmp_path_factory.mktemp("builds") / "tiny_int8", "int8")
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_integer_build(tiny_folder, tmp_path_factory):
+    return quantized_build(tiny_folder, tmp_path_factory.mktemp("builds") / "tiny_int8_integer", "int8",
+                           int8_kernels="integer")

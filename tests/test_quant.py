@@ -111,23 +111,29 @@ def test_qdq_graphs_quantize_exactly_the_planned_layers(request, fixture, precis
         assert len(weights) == planned["quantized_layers"]  # stored quantized: ~4x smaller than FP32
 
 
-def _fake_quant_modules(pipe, build, precision):
-    from lidit_export.quant.calibrate import load_calibration
+def _fake_quant_modules(pipe, build, precision, integer=False):
+    from lidit_export.quant.calibrate import load_calibration, with_integer_kernel_weights
 
     (cache,) = (build / "calibration").glob(f"{precision}-*")
-    fake = {c: q.module for c, q in load_calibration(pipe, cache).items()}
+    fake = {c: (with_integer_kernel_weights(q) if integer else q).module
+            for c, q in load_calibration(pipe, cache).items()}
     return component_modules(pipe, replace=fake), component_modules(pipe)
 
 
-def _check_faithful(pipe, build, precision, shapes):
+def _check_faithful(pipe, build, precision, shapes, integer=False):
     """(1) every quantizer's Q/DQ in the graph returns exactly what ModelOpt's fake quant returns on the
-    same tensor; (2) whole graphs: ONNX Runtime (BASIC) vs fake quant differs far less than fake quant
-    differs from FP32 (rounding flips from kernel summation order are the only source)."""
+    same tensor; (2) whole graphs: ONNX Runtime (at the manifest's level: BASIC, or ALL for integer-kernel
+    graphs) vs fake quant differs far less than fake quant differs from FP32 (rounding flips from kernel
+    summation order are the only source)."""
     from lidit_export.check.qdq_faithfulness import check_quantizers
+    from lidit_runtime.manifest import load_manifest
 
-    fake, fp32 = _fake_quant_modules(pipe, build, precision)
+    fake, fp32 = _fake_quant_modules(pipe, build, precision, integer)
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    level = {load_manifest(build).components[n].ort_optimization for n in ("refiner", "dit")}
+    assert level == ({"all"} if integer else {"basic"})
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if integer
+                                        else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
     gaps = []
     for batch, hw in shapes:
         feeds = component_inputs(pipe, batch, None, hw, seed=3)
@@ -157,6 +163,61 @@ def test_qdq_graphs_are_faithful_to_modelopt_on_tiny(request, tiny_pipe, fixture
         assert runtime_gap <= 0.25 * quant_error
 
 
+def test_integer_kernel_int8_graphs_are_faithful_to_modelopt_at_onnx_runtimes_full_level(tiny_pipe,
+                                                                                          tiny_int8_integer_build):
+    """--int8-kernels integer: weights on 63 levels, graphs at ONNX Runtime's ALL level, where its Q/DQ MatMuls
+    become integer GEMMs (MatMulIntegerToFloat); as faithful to ModelOpt's simulation as the BASIC graphs are."""
+    build = tiny_int8_integer_build
+    for name in ("refiner", "dit"):
+        model = onnx.load(str(graph_file(build, name)))
+        codes = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer
+                 if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2]
+        assert codes and max(int(np.abs(c.astype(np.int16)).max()) for c in codes) == 63
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(build / f"{name}.optimized.onnx")
+        ort.InferenceSession(str(graph_file(build, name)), options)
+        fused = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+        assert fused.count("MatMulIntegerToFloat") >= len(codes) // 2, name  # the integer kernels run
+    gaps = _check_faithful(tiny_pipe, build, "int8", [(2, (8, 8)), (3, (6, 10))], integer=True)
+    for runtime_gap, quant_error in gaps:
+        assert runtime_gap <= 0.25 * quant_error
+
+
+def test_onnx_runtimes_integer_gemm_is_exact_with_63_level_weights():
+    """Why --int8-kernels integer uses 63 levels: ONNX Runtime's fused INT8 GEMM (u8 x s8 products added in
+    pairs into int16 on AVX2 without VNNI) saturates once a pair passes 32767 (2 x 255 x 127 does); with
+    |w| <= 63 it cannot, and the fused kernel equals the Q/DQ graph at BASIC to float rounding (127 levels:
+    benchmarks/int8_kernels.py measures the gap; CPUs with VNNI add in int32 and are exact either way)."""
+    levels = 63
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    m, k, n = 64, 384, 256
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    scale = (np.abs(w).max(0) / levels).astype(np.float32)
+    codes = np.clip(np.rint(w / scale), -levels, levels).astype(np.int8)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "zw"], ["wd"], axis=1),
+             helper.make_node("MatMul", ["xd", "wd"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "sx"), numpy_helper.from_array(np.array(0, np.int8), "zx"),
+             numpy_helper.from_array(codes, "wq"), numpy_helper.from_array(scale, "ws"),
+             numpy_helper.from_array(np.zeros(n, np.int8), "zw")]
+    graph = helper.make_graph(nodes, "qdq_matmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]).SerializeToString()
+    x = (rng.standard_normal((m, k)) * 1.5).astype(np.float32)  # many codes at +-127: the worst case
+    out = {}
+    for level in ("ORT_ENABLE_BASIC", "ORT_ENABLE_ALL"):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        out[level] = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    basic = out["ORT_ENABLE_BASIC"]
+    rel = float(np.linalg.norm(out["ORT_ENABLE_ALL"] - basic) / np.linalg.norm(basic))
+    assert rel <= 1e-6  # measured 2e-7 (float rounding of the dequantized sum)
+
+
 @pytest.mark.parametrize("precision", ["fp8", "int8"])
 def test_qdq_graphs_are_faithful_to_modelopt_on_smol(smol_folder, tmp_path_factory, precision):
     from helpers import quantized_build
@@ -171,7 +232,7 @@ def test_qdq_graphs_are_faithful_to_modelopt_on_smol(smol_folder, tmp_path_facto
         assert runtime_gap <= quant_error
 
 
-@pytest.mark.parametrize("fixture", ["tiny_fp8_build", "tiny_int8_build"])
+@pytest.mark.parametrize("fixture", ["tiny_fp8_build", "tiny_int8_build", "tiny_int8_integer_build"])
 def test_quantized_builds_pass_their_parity_thresholds(request, tiny_folder, tiny_pipe, fixture):
     from lidit_export.check.parity import run_parity
 
@@ -210,7 +271,7 @@ def test_a_changed_layer_plan_invalidates_the_calibration(tiny_pipe, tiny_folder
     assert "blocks.0.mlp.fc2" in second["dit"].plan.excluded
 
 
-@pytest.mark.parametrize("fixture", ["tiny_fp8_build", "tiny_int8_build"])
+@pytest.mark.parametrize("fixture", ["tiny_fp8_build", "tiny_int8_build", "tiny_int8_integer_build"])
 def test_tensorrt_for_rtx_parses_the_qdq_graphs(request, fixture):
     trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX not installed: pip install tensorrt-rtx")
     build = request.getfixturevalue(fixture)
@@ -223,3 +284,43 @@ def test_tensorrt_for_rtx_parses_the_qdq_graphs(request, fixture):
         kinds = [network.get_layer(i).type for i in range(network.num_layers)]
         onnx_q = sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
         assert sum(k == trt.LayerType.QUANTIZE for k in kinds) == onnx_q > 0
+
+
+@pytest.mark.parametrize("args, expected", [(["--precision", "fp8", "--int8-kernels", "integer"],
+                                             "--int8-kernels"),
+                                            (["--int8-kernels", "vnni"], "--int8-kernels")])
+def test_int8_kernels_misuse_is_refused_in_one_line(tiny_folder, tmp_path, args, expected):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "lidit_export.cli", "build", "--model", tiny_folder, "--out",
+                          tmp_path / "b", *args], capture_output=True, text=True)
+    message = run.stderr.strip()
+    assert run.returncode == 2 and "\n" not in message and "Traceback" not in message and expected in message
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(ConfigError, match="applies to --precision int8 only"):
+        BuildOptions(precision="fp8", int8_kernels="integer").validate()
+    with pytest.raises(ConfigError, match="int8_kernels='vnni' is unknown"):
+        BuildOptions(precision="int8", int8_kernels="vnni").validate()
+
+
+def test_a_calibration_cache_is_shared_between_build_folders(tiny_folder, tmp_path):
+    """--calibration-cache: the second build folder (here the integer-kernel variant) reuses the first one's
+    calibration instead of running the sampler again; a file where the folder should be is refused."""
+    import subprocess
+    import sys
+
+    from helpers import quantized_build
+
+    cache = tmp_path / "calibration-cache"
+    quantized_build(tiny_folder, tmp_path / "qdq", "int8", calibration_dir=str(cache))
+    quantized_build(tiny_folder, tmp_path / "integer", "int8", calibration_dir=str(cache), int8_kernels="integer")
+    reports = [json.loads((tmp_path / b / "build_report.json").read_text()) for b in ("qdq", "integer")]
+    assert [r["stages"]["calibrate"]["reused"] for r in reports] == [False, True]
+    assert len(list(cache.glob("int8-*"))) == 1 and not (tmp_path / "integer" / "calibration").exists()
+    (tmp_path / "file").write_text("x")
+    run = subprocess.run([sys.executable, "-m", "lidit_export.cli", "build", "--model", tiny_folder, "--out",
+                          tmp_path / "b", "--precision", "int8", "--calibration-cache", tmp_path / "file"],
+                         capture_output=True, text=True)
+    message = run.stderr.strip()
+    assert run.returncode == 2 and "\n" not in message and "--calibration-cache" in message and "not a folder" in message

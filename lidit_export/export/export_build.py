@@ -54,11 +54,13 @@ def graph_weights(comp, encoder_weights: str) -> str | None:
 
 
 def export_component(folder: BuildFolder, name: str, spec, key: str, module, sample, precision: Precision,
-                     calibration: str | None, half: bool, progress, weights: str | None = None) -> ComponentRecord:
+                     calibration: str | None, half: bool, progress, weights: str | None = None,
+                     ort_optimization: str | None = None) -> ComponentRecord:
     """One graph of a build: reused when its key matches, else traced from `module` on `sample()` (called only
     then) into a file named after the key. calibration: the calibration key of a quantized module (the graph
     is then `precision` Q/DQ); half: converted to the half precision; weights: "int8" / "int4" block-quantized
-    weights for ONNX Runtime (an encoder's --encoder-weights)."""
+    weights for ONNX Runtime (an encoder's --encoder-weights); ort_optimization: the manifest's ONNX Runtime level
+    for this graph (None: its precision's)."""
     graph_precision = precision if calibration is not None or half else Precision.FP32
     if calibration is not None:  # the calibration key covers the recipe, settings and weights
         key = hashlib.sha256(f"{key}:{precision}:{calibration}".encode()).hexdigest()
@@ -78,7 +80,7 @@ def export_component(folder: BuildFolder, name: str, spec, key: str, module, sam
     data = folder.path / (file + ".data")
     record = ComponentRecord(
         name=name, file=file, sha256=digest, precision=graph_precision.value,
-        ort_optimization=graph_precision.policy.ort_optimization,
+        ort_optimization=ort_optimization or graph_precision.policy.ort_optimization,
         inputs=[asdict(t) for t in spec.inputs], outputs=[asdict(t) for t in spec.outputs],
         dims={k: list(v) for k, v in spec.dims.items()}, derived_dims=spec.derived_dims, input_key=key,
         data_file=file + ".data" if data.exists() else None,
@@ -125,7 +127,8 @@ def export_model(model_dir: str | Path, build_dir: str | Path, profile: ShapePro
             folder, name, specs[name], input_key(model_dir, config, comp, specs[name], prefix_cache), modules[name],
             lambda name=name: sample[name], precision, quantized[name].key if name in quantized else None,
             precision.policy.half and comp.half_convertible, progress,
-            weights=graph_weights(comp, encoder_weights))
+            weights=graph_weights(comp, encoder_weights),
+            ort_optimization=quantized[name].ort_optimization if name in quantized else None)
     tokenizers = copy_tokenizers(pipe, build_dir)
     previous = folder.previous.engines if folder.previous else {}
     manifest = Manifest(

@@ -324,7 +324,8 @@ def export_family(model_dir: str | Path, folder: BuildFolder, profile: ShapeProf
             quantized[name].module if name in quantized else modules[name], lambda name=name: sample(name),
             precision, quantized[name].key if name in quantized else None,
             precision.policy.half and name in ("refiner", "dit"), progress,
-            weights=graph_weights(component(name), encoder_weights))
+            weights=graph_weights(component(name), encoder_weights),
+            ort_optimization=quantized[name].ort_optimization if name in quantized else None)
     source = _tokenizer_file(model_dir).read_bytes()
     digest = hashlib.sha256(source).hexdigest()
     rel = f"tokenizers/llm_0-{digest[:16]}.json"

@@ -11,7 +11,7 @@ import copy
 import hashlib
 import json
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -54,6 +54,7 @@ class QuantizedComponent:
     key: str  # identifies the calibration; part of the graph's input key
     from_cache: bool = False
     amax: dict = field(default_factory=dict)
+    ort_optimization: str | None = None  # the ONNX Runtime level its graph runs at (None: its precision's)
 
 
 def calibration_key(model_dir: Path, pipe, recipe: QuantRecipe, settings: CalibrationSettings,
@@ -136,6 +137,35 @@ def make_int8_exact_(module: nn.Module) -> int:
             m.weight.copy_(weights(m.weight))
         count += 1
     return count
+
+
+# INT8 weights for ONNX Runtime's integer kernels on CPUs without VNNI. Above its BASIC level ONNX Runtime
+# fuses each Q/DQ MatMul into an integer GEMM; on AVX2 that GEMM multiplies u8 activations by s8 weights
+# and adds pairs of products into int16 (vpmaddubsw), which saturates once a pair exceeds 32767: 2 x 255 x 127
+# does, 2 x 255 x 63 = 32130 cannot. Weights on 127 levels a side therefore make those kernels inexact (the
+# reason INT8 graphs otherwise run at BASIC, dequantizing every weight on every call); weights on 63 levels
+# (7 bits, ONNX Runtime's own "reduce_range") make them exact, at half the weight resolution. Done on the
+# calibrated copy, so one calibration serves both kinds of graph.
+INTEGER_KERNEL_LEVELS = 63
+
+
+@torch.no_grad()
+def with_integer_kernel_weights(quantized: QuantizedComponent) -> QuantizedComponent:
+    """A copy of an INT8 component whose weights sit on 63 levels a side (scale amax / 63), still exported as
+    INT8 Q/DQ, and whose graph runs at ONNX Runtime's full level (its fused integer kernels), see above."""
+    module = copy.deepcopy(quantized.module)
+    count = 0
+    for m in module.modules():
+        weights = getattr(m, "weight_quantizer", None)
+        if weights is None or not weights.is_enabled or getattr(weights, "_amax", None) is None:
+            continue
+        weights._amax.mul_(INT8_MAX / INTEGER_KERNEL_LEVELS)  # the INT8 grid's step becomes amax / 63
+        m.weight.copy_(weights(m.weight))  # on the grid: fake quant and Q/DQ give the same integers
+        count += 1
+    if not count:
+        raise ArtifactError(f"{quantized.component} has no INT8 weights to put on {INTEGER_KERNEL_LEVELS} levels")
+    return replace(quantized, module=module, key=f"{quantized.key}-levels{INTEGER_KERNEL_LEVELS}",
+                               amax=_quantizer_values(module), ort_optimization="all")
 
 
 def restore(pipe, recipe: QuantRecipe, plan: LayerPlan, state: dict[str, torch.Tensor]) -> nn.Module:

@@ -15,6 +15,7 @@ from .errors import ConfigError
 # The LLM encoders' weights (`--encoder-weights`): FP32, or block-quantized INT8 / INT4 graphs that only ONNX Runtime
 # runs (its MatMulNBits / GatherBlockQuantized operators). A component record names the quantized ones in `weights`.
 ENCODER_WEIGHTS = ("fp32", "int8", "int4")
+INT8_KERNELS = ("qdq", "integer")  # how an INT8 build's graphs run on ONNX Runtime (lidit-export build --int8-kernels)
 
 
 class Precision(str, enum.Enum):
