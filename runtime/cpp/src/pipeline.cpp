@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <memory>
 #include <new>
 #include <set>
 #include <utility>
@@ -180,6 +182,11 @@ struct CallState {  // one generate call: its cancellation and its time inside O
 
 }  // namespace
 
+struct NaturalRows {  // the negative prompt's encoder outputs at its own length, for one LLM
+  Tensor hidden, mask;
+  std::optional<Tensor> pooled;
+};
+
 struct lidit_pipeline {
   std::string build_dir;
   Manifest manifest;
@@ -188,8 +195,15 @@ struct lidit_pipeline {
   std::atomic<uint64_t> cancel_epoch{0};
   std::mutex calls_mutex;
   std::set<CallState*> calls;
+  // What the negative prompt gives this build, kept across calls (it never changes): its encoder states per LLM
+  // and its refined tokens per schedule. At most kCacheEntries of each, oldest out first (requests choose their
+  // negative prompt, so an unbounded cache would grow with them). lidit_runtime.pipeline.UncondCache does the same.
+  static constexpr size_t kCacheEntries = 32;
   std::mutex cache_mutex;
   std::map<std::pair<size_t, std::string>, std::tuple<Tensor, std::optional<Tensor>, Tensor>> uncond_cache;
+  std::deque<std::pair<size_t, std::string>> uncond_order;
+  std::map<std::string, std::shared_ptr<const std::vector<std::pair<Tensor, Tensor>>>> refined_cache;
+  std::deque<std::string> refined_order;
 
   // ---- running one graph ----
   std::vector<Tensor> run(CallState& call, const std::string& name, const std::map<std::string, const Tensor*>& feeds) {
@@ -344,6 +358,98 @@ struct lidit_pipeline {
   }
 
   lidit_result* generate(const lidit_generate_params* params, CallState& call);
+
+  // The negative prompt's refined tokens for this schedule from refined_cache (computed once: one row per step, at
+  // its own length), the B cond rows refined alone, and the two laid out as refining [cond; negative x B] gives
+  // them: per LLM a segment of L_k - prefix_k tokens, the negative's zero-padded with mask 0, which the DiT's
+  // masked cross-attention ignores. False when the shapes do not follow that layout (every row is refined then).
+  template <class RefineSteps>
+  bool refine_with_cached_uncond(const std::string& negative, const std::vector<float>& model_t,
+                                 const std::vector<NaturalRows>& natural, const std::vector<Tensor>& hidden,
+                                 const std::vector<Tensor>& masks, const std::vector<std::optional<Tensor>>& pooled,
+                                 int64_t B, RefineSteps& refine_steps, std::vector<std::pair<Tensor, Tensor>>* out) {
+    const size_t E = natural.size();
+    std::vector<int64_t> own(E), len(E), pre(E);
+    int64_t n_own = 0, n_len = 0;
+    std::string key = negative;
+    key.push_back('\0');
+    for (size_t e = 0; e < E; ++e) {
+      own[e] = natural[e].mask.shape[1];
+      len[e] = masks[e].shape[1];
+      pre[e] = int64_t(tokenizers[e].prefix_ids.size());
+      if (pre[e] > own[e] || own[e] > len[e]) return false;
+      n_own += own[e] - pre[e];
+      n_len += len[e] - pre[e];
+      key += std::to_string(own[e]) + ",";
+    }
+    key.append(reinterpret_cast<const char*>(model_t.data()), model_t.size() * sizeof(float));
+    std::shared_ptr<const std::vector<std::pair<Tensor, Tensor>>> cached;
+    {
+      std::lock_guard<std::mutex> lock(cache_mutex);
+      auto it = refined_cache.find(key);
+      if (it != refined_cache.end()) cached = it->second;
+    }
+    if (!cached) {  // refined outside the lock; two calls may both refine the same negative once
+      std::vector<Tensor> hs, ms;
+      std::vector<std::optional<Tensor>> ps;
+      for (auto& n : natural) {
+        hs.push_back(n.hidden);
+        ms.push_back(n.mask);
+        ps.push_back(n.pooled);
+      }
+      auto steps = std::make_shared<std::vector<std::pair<Tensor, Tensor>>>(refine_steps(hs, ms, ps, 1));
+      for (auto& step : *steps)
+        if (step.first.shape.size() != 3 || step.first.shape[1] != n_own || step.second.numel() != size_t(n_own))
+          return false;
+      std::lock_guard<std::mutex> lock(cache_mutex);
+      if (refined_cache.emplace(key, steps).second) {
+        refined_order.push_back(key);
+        if (refined_order.size() > kCacheEntries) {
+          refined_cache.erase(refined_order.front());
+          refined_order.pop_front();
+        }
+      }
+      cached = steps;
+    }
+    std::vector<Tensor> hs, ms;
+    std::vector<std::optional<Tensor>> ps;
+    for (size_t e = 0; e < E; ++e) {
+      hs.push_back(rows(hidden[e], 0, B));
+      ms.push_back(rows(masks[e], 0, B));
+      ps.push_back(pooled[e] ? std::optional<Tensor>(rows(*pooled[e], 0, B)) : std::nullopt);
+    }
+    auto cond = refine_steps(hs, ms, ps, B);
+    if (cond.size() != cached->size() || cond[0].first.shape[1] != n_len) return false;
+    out->clear();
+    for (size_t i = 0; i < cond.size(); ++i) {
+      const Tensor& uc = (*cached)[i].first;
+      const Tensor& um = (*cached)[i].second;
+      const int64_t D = uc.shape[2];
+      Tensor pc, pm;  // the negative's tokens in the cond rows' layout
+      pc.shape = {1, n_len, D};
+      pc.f.assign(size_t(n_len * D), 0.0f);
+      pm.is_int = um.is_int;
+      pm.shape = {1, n_len};
+      if (um.is_int)
+        pm.i.assign(size_t(n_len), 0);
+      else
+        pm.f.assign(size_t(n_len), 0.0f);
+      int64_t src = 0, dst = 0;
+      for (size_t e = 0; e < E; ++e) {
+        int64_t width = own[e] - pre[e];
+        std::copy(uc.f.begin() + src * D, uc.f.begin() + (src + width) * D, pc.f.begin() + dst * D);
+        if (um.is_int)
+          std::copy(um.i.begin() + src, um.i.begin() + src + width, pm.i.begin() + dst);
+        else
+          std::copy(um.f.begin() + src, um.f.begin() + src + width, pm.f.begin() + dst);
+        src += width;
+        dst += len[e] - pre[e];
+      }
+      Tensor rc = repeat_rows(pc, int(B)), rm = repeat_rows(pm, int(B));
+      out->emplace_back(concat0({&cond[i].first, &rc}), concat0({&cond[i].second, &rm}));
+    }
+    return true;
+  }
 };
 
 struct lidit_result {
@@ -383,6 +489,7 @@ lidit_result* lidit_pipeline::generate(const lidit_generate_params* params, Call
   // ---- encoders: [prompts; negative x B], the negative's states cached per pipeline ----
   std::vector<Tensor> hidden, masks;
   std::vector<std::optional<Tensor>> pooled;
+  std::vector<NaturalRows> natural;
   for (size_t e = 0; e < tokenizers.size(); ++e) {
     std::vector<std::vector<int64_t>> cond_rows;
     for (auto& prompt : req.prompts) cond_rows.push_back(tokenizers[e].row(prompt, false));
@@ -408,9 +515,16 @@ lidit_result* lidit_pipeline::generate(const lidit_generate_params* params, Call
         u_hidden = std::move(h);
         u_pooled = std::move(p);
         lock.lock();
-        uncond_cache.emplace(key, std::make_tuple(u_hidden, u_pooled, u_mask));
+        if (uncond_cache.emplace(key, std::make_tuple(u_hidden, u_pooled, u_mask)).second) {
+          uncond_order.push_back(key);
+          if (uncond_order.size() > kCacheEntries) {
+            uncond_cache.erase(uncond_order.front());
+            uncond_order.pop_front();
+          }
+        }
       }
     }
+    natural.push_back({u_hidden, u_mask, u_pooled});
     size_t cond_len = tokenizers[e].prefix_ids.size() + 1;
     for (auto& r : cond_rows) cond_len = std::max(cond_len, r.size());
     int64_t length = std::max<int64_t>(int64_t(cond_len), u_mask.shape[1]);
@@ -473,40 +587,52 @@ lidit_result* lidit_pipeline::generate(const lidit_generate_params* params, Call
     t.f.assign(size_t(n), model_t[i]);
     return t;
   };
-  auto refiner_feeds = [&](std::vector<Tensor>& store, int k, const Tensor* timestep) {
+  // the refiner's feeds: `hs`, `ms`, `ps` (per LLM) tiled k times, and the timestep
+  auto refiner_feeds = [&](std::vector<Tensor>& store, const std::vector<Tensor>& hs, const std::vector<Tensor>& ms,
+                           const std::vector<std::optional<Tensor>>& ps, int k, const Tensor* timestep) {
     std::map<std::string, const Tensor*> feeds;
     store.clear();
-    store.reserve(hidden.size() * 3);
-    for (size_t e = 0; e < hidden.size(); ++e) {
-      store.push_back(k > 1 ? repeat_rows(hidden[e], k) : hidden[e]);
+    store.reserve(hs.size() * 3);
+    for (size_t e = 0; e < hs.size(); ++e) {
+      store.push_back(k > 1 ? repeat_rows(hs[e], k) : hs[e]);
       feeds["hidden_" + std::to_string(e)] = &store.back();
-      store.push_back(k > 1 ? repeat_rows(masks[e], k) : masks[e]);
+      store.push_back(k > 1 ? repeat_rows(ms[e], k) : ms[e]);
       feeds["attention_mask_" + std::to_string(e)] = &store.back();
-      if (pooled[e]) {
-        store.push_back(k > 1 ? repeat_rows(*pooled[e], k) : *pooled[e]);
+      if (ps[e]) {
+        store.push_back(k > 1 ? repeat_rows(*ps[e], k) : *ps[e]);
         feeds["pooled_" + std::to_string(e)] = &store.back();
       }
     }
     if (timestep) feeds["timestep"] = timestep;
     return feeds;
   };
-  auto t_refine0 = clock::now();
-  std::vector<std::pair<Tensor, Tensor>> refined;  // one per step, or one for all
   std::vector<Tensor> store;
-  if (!chain.refiner_timestep) {
-    auto outs = run(call, "refiner", refiner_feeds(store, 1, nullptr));
-    refined.emplace_back(std::move(outs[0]), std::move(outs[1]));
-  } else {
-    int per_call = std::max<int>(1, int(kRefinerRows / R));
+  // every step's refiner for `n` rows, in calls of at most kRefinerRows rows (lidit_runtime's refine_all_steps)
+  auto refine_steps = [&](const std::vector<Tensor>& hs, const std::vector<Tensor>& ms,
+                          const std::vector<std::optional<Tensor>>& ps, int64_t n) {
+    std::vector<std::pair<Tensor, Tensor>> out;
+    int per_call = std::max<int>(1, int(kRefinerRows / n));
     for (int start = 0; start < S; start += per_call) {
       int k = std::min(per_call, S - start);
       Tensor ts;
-      ts.shape = {k * R};
-      for (int j = 0; j < k; ++j) ts.f.insert(ts.f.end(), size_t(R), model_t[start + j]);
-      auto outs = run(call, "refiner", refiner_feeds(store, k, &ts));
-      for (int j = 0; j < k; ++j) refined.emplace_back(rows(outs[0], j * R, (j + 1) * R), rows(outs[1], j * R, (j + 1) * R));
+      ts.shape = {k * n};
+      for (int j = 0; j < k; ++j) ts.f.insert(ts.f.end(), size_t(n), model_t[start + j]);
+      auto outs = run(call, "refiner", refiner_feeds(store, hs, ms, ps, k, &ts));
+      for (int j = 0; j < k; ++j) out.emplace_back(rows(outs[0], j * n, (j + 1) * n), rows(outs[1], j * n, (j + 1) * n));
       check_cancel(call);
     }
+    return out;
+  };
+  auto t_refine0 = clock::now();
+  std::vector<std::pair<Tensor, Tensor>> refined;  // one per step, or one for all
+  if (!chain.refiner_timestep) {
+    auto outs = run(call, "refiner", refiner_feeds(store, hidden, masks, pooled, 1, nullptr));
+    refined.emplace_back(std::move(outs[0]), std::move(outs[1]));
+  } else if (any_guided && natural.size() == hidden.size() &&
+             refine_with_cached_uncond(req.negative, model_t, natural, hidden, masks, pooled, B, refine_steps, &refined)) {
+    // the negative prompt's refined tokens came from (or went into) refined_cache; the cond rows alone were refined
+  } else {
+    refined = refine_steps(hidden, masks, pooled, R);
   }
   double t_refine = since(t_refine0);
 
