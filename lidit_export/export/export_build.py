@@ -19,6 +19,7 @@ from .. import __version__
 from ..build_folder import BuildFolder
 from ..components import Component, components, encoder
 from ..model.pipeline import LiDiTPipeline
+from .graph_passes import PASSES_REVISION
 from .graph_spec import ShapeProfile, graph_specs
 from .onnx_export import OPSET, check_exported_io, component_inputs, component_modules, copy_tokenizers, export_graph
 
@@ -40,7 +41,7 @@ def input_key(model_dir: Path, config, comp: Component, spec, prefix_cache: bool
     """Hash of everything a graph is made from: its part of the config, its spec, the exporter, its weights."""
     h = hashlib.sha256()
     h.update(json.dumps({"config": comp.config_slice(config), "spec": spec.to_dict(), "opset": OPSET,
-                         "exporter": "torchscript", "lidit-export": __version__,
+                         "exporter": "torchscript", "lidit-export": __version__, "passes": PASSES_REVISION,
                          "prefix_cache": prefix_cache and comp.llm is not None}, sort_keys=True).encode())
     for f in comp.source_files(model_dir, config):
         h.update(file_sha256(f).encode())

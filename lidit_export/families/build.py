@@ -282,10 +282,11 @@ def _source_files(model_dir: Path, name: str) -> list[Path]:
 
 
 def _input_key(model_dir: Path, family: Family, spec: GraphSpec, name: str) -> str:
+    from ..export.graph_passes import PASSES_REVISION
     from ..export.onnx_export import OPSET
 
     h = hashlib.sha256(json.dumps({"family": family.name, "spec": spec.to_dict(), "opset": OPSET, "tap": family.tap,
-                                   "lidit-export": __version__}, sort_keys=True).encode())
+                                   "lidit-export": __version__, "passes": PASSES_REVISION}, sort_keys=True).encode())
     for f in _source_files(model_dir, name):
         h.update(file_sha256(f).encode())
     return h.hexdigest()
