@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import time
 from pathlib import Path
 
 
@@ -22,6 +23,23 @@ def versions() -> dict:
         except md.PackageNotFoundError:
             pass
     return found
+
+
+def cpu_steal(seconds: float = 1.0) -> float | None:
+    """Share of CPU time the hypervisor took from this VM over `seconds` (/proc/stat "steal"): on a shared
+    cloud machine it slows every configuration of a run, and a run with much of it is worth repeating."""
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return sum(fields[:8]), fields[7] if len(fields) > 7 else 0
+
+    try:
+        total0, steal0 = sample()
+        time.sleep(seconds)
+        total1, steal1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (steal1 - steal0) / (total1 - total0) if total1 > total0 else 0.0
 
 
 def describe_environment() -> dict:
@@ -46,7 +64,7 @@ def describe_environment() -> dict:
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
             "cpu_count": os.cpu_count(), "memory_gib": memory_gib, "gpu": gpu, "versions": versions(),
-            "load_average_1m": os.getloadavg()[0]}
+            "load_average_1m": os.getloadavg()[0], "cpu_steal": cpu_steal()}
 
 
 def percentiles(samples: list[float]) -> dict:

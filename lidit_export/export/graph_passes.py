@@ -471,6 +471,8 @@ def fusable_tanh_gelu(model: onnx.ModelProto) -> int:
                 kept.extend(replacement[id(node)])
             elif id(node) not in removed:
                 kept.append(node)
+        used = {name for n in kept for name in n.input} | {o.name for o in graph.output}
+        kept = [n for n in kept if n.op_type != "Constant" or n.output[0] in used]  # the dropped Mul's 0.5
         del graph.node[:]
         graph.node.extend(kept)
         topological_sort_(graph)
