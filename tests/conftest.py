@@ -50,6 +50,7 @@ def tiny_int8_build(tiny_folder, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_int8_integer_build(tiny_folder, tmp_path_factory):
+def tiny_int8_integer_build(tiny_folder, tiny_int8_build, tmp_path_factory):
+    """--int8-kernels integer from tiny_int8_build's calibration (--calibration-cache): no second calibration."""
     return quantized_build(tiny_folder, tmp_path_factory.mktemp("builds") / "tiny_int8_integer", "int8",
-                           int8_kernels="integer")
+                           int8_kernels="integer", calibration_dir=str(tiny_int8_build / "calibration"))

@@ -1,5 +1,6 @@
 """Quantization: recipes, calibration over the sampler (deterministic, cached), faithful Q/DQ graphs."""
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -111,16 +112,16 @@ def test_qdq_graphs_quantize_exactly_the_planned_layers(request, fixture, precis
         assert len(weights) == planned["quantized_layers"]  # stored quantized: ~4x smaller than FP32
 
 
-def _fake_quant_modules(pipe, build, precision, integer=False):
+def _fake_quant_modules(pipe, build, precision, integer=False, calibration=None):
     from lidit_export.quant.calibrate import load_calibration, with_integer_kernel_weights
 
-    (cache,) = (build / "calibration").glob(f"{precision}-*")
+    (cache,) = Path(calibration or build / "calibration").glob(f"{precision}-*")
     fake = {c: (with_integer_kernel_weights(q) if integer else q).module
             for c, q in load_calibration(pipe, cache).items()}
     return component_modules(pipe, replace=fake), component_modules(pipe)
 
 
-def _check_faithful(pipe, build, precision, shapes, integer=False):
+def _check_faithful(pipe, build, precision, shapes, integer=False, calibration=None):
     """(1) every quantizer's Q/DQ in the graph returns exactly what ModelOpt's fake quant returns on the
     same tensor; (2) whole graphs: ONNX Runtime (at the manifest's level: BASIC, or ALL for integer-kernel
     graphs) vs fake quant differs far less than fake quant differs from FP32 (rounding flips from kernel
@@ -128,7 +129,7 @@ def _check_faithful(pipe, build, precision, shapes, integer=False):
     from lidit_export.check.qdq_faithfulness import check_quantizers
     from lidit_runtime.manifest import load_manifest
 
-    fake, fp32 = _fake_quant_modules(pipe, build, precision, integer)
+    fake, fp32 = _fake_quant_modules(pipe, build, precision, integer, calibration)
     options = ort.SessionOptions()
     level = {load_manifest(build).components[n].ort_optimization for n in ("refiner", "dit")}
     assert level == ({"all"} if integer else {"basic"})
@@ -163,11 +164,14 @@ def test_qdq_graphs_are_faithful_to_modelopt_on_tiny(request, tiny_pipe, fixture
         assert runtime_gap <= 0.25 * quant_error
 
 
-def test_integer_kernel_int8_graphs_are_faithful_to_modelopt_at_onnx_runtimes_full_level(tiny_pipe,
+def test_integer_kernel_int8_graphs_are_faithful_to_modelopt_at_onnx_runtimes_full_level(tiny_pipe, tiny_int8_build,
                                                                                           tiny_int8_integer_build):
     """--int8-kernels integer: weights on 63 levels, graphs at ONNX Runtime's ALL level, where its Q/DQ MatMuls
-    become integer GEMMs (MatMulIntegerToFloat); as faithful to ModelOpt's simulation as the BASIC graphs are."""
+    become integer GEMMs (MatMulIntegerToFloat); as faithful to ModelOpt's simulation as the BASIC graphs are.
+    The build reused tiny_int8_build's calibration through --calibration-cache instead of calibrating again."""
     build = tiny_int8_integer_build
+    report = json.loads((build / "build_report.json").read_text())
+    assert report["stages"]["calibrate"]["reused"] and not (build / "calibration").exists()
     for name in ("refiner", "dit"):
         model = onnx.load(str(graph_file(build, name)))
         codes = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer
@@ -179,7 +183,8 @@ def test_integer_kernel_int8_graphs_are_faithful_to_modelopt_at_onnx_runtimes_fu
         ort.InferenceSession(str(graph_file(build, name)), options)
         fused = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
         assert fused.count("MatMulIntegerToFloat") >= len(codes) // 2, name  # the integer kernels run
-    gaps = _check_faithful(tiny_pipe, build, "int8", [(2, (8, 8)), (3, (6, 10))], integer=True)
+    gaps = _check_faithful(tiny_pipe, build, "int8", [(2, (8, 8)), (3, (6, 10))], integer=True,
+                           calibration=tiny_int8_build / "calibration")
     for runtime_gap, quant_error in gaps:
         assert runtime_gap <= 0.25 * quant_error
 
@@ -286,41 +291,21 @@ def test_tensorrt_for_rtx_parses_the_qdq_graphs(request, fixture):
         assert sum(k == trt.LayerType.QUANTIZE for k in kinds) == onnx_q > 0
 
 
-@pytest.mark.parametrize("args, expected", [(["--precision", "fp8", "--int8-kernels", "integer"],
-                                             "--int8-kernels"),
-                                            (["--int8-kernels", "vnni"], "--int8-kernels")])
-def test_int8_kernels_misuse_is_refused_in_one_line(tiny_folder, tmp_path, args, expected):
+def test_int8_kernels_and_calibration_cache_misuse_is_refused_in_one_line(tiny_folder, tmp_path):
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-m", "lidit_export.cli", "build", "--model", tiny_folder, "--out",
-                          tmp_path / "b", *args], capture_output=True, text=True)
-    message = run.stderr.strip()
-    assert run.returncode == 2 and "\n" not in message and "Traceback" not in message and expected in message
-    assert not (tmp_path / "b").exists()
+    (tmp_path / "file").write_text("x")
+    for args, expected in [(["--precision", "fp8", "--int8-kernels", "integer"], "applies to --precision int8 only"),
+                           (["--precision", "int8", "--calibration-cache", str(tmp_path / "file")], "not a folder")]:
+        run = subprocess.run([sys.executable, "-m", "lidit_export.cli", "build", "--model", tiny_folder, "--out",
+                              tmp_path / "b", *args], capture_output=True, text=True)
+        message = run.stderr.strip()
+        assert run.returncode == 2 and "\n" not in message and "Traceback" not in message, message
+        assert expected in message and ("--int8-kernels" in message or "--calibration-cache" in message)
+        assert not (tmp_path / "b").exists()
     with pytest.raises(ConfigError, match="applies to --precision int8 only"):
         BuildOptions(precision="fp8", int8_kernels="integer").validate()
     with pytest.raises(ConfigError, match="int8_kernels='vnni' is unknown"):
         BuildOptions(precision="int8", int8_kernels="vnni").validate()
 
-
-def test_a_calibration_cache_is_shared_between_build_folders(tiny_folder, tmp_path):
-    """--calibration-cache: the second build folder (here the integer-kernel variant) reuses the first one's
-    calibration instead of running the sampler again; a file where the folder should be is refused."""
-    import subprocess
-    import sys
-
-    from helpers import quantized_build
-
-    cache = tmp_path / "calibration-cache"
-    quantized_build(tiny_folder, tmp_path / "qdq", "int8", calibration_dir=str(cache))
-    quantized_build(tiny_folder, tmp_path / "integer", "int8", calibration_dir=str(cache), int8_kernels="integer")
-    reports = [json.loads((tmp_path / b / "build_report.json").read_text()) for b in ("qdq", "integer")]
-    assert [r["stages"]["calibrate"]["reused"] for r in reports] == [False, True]
-    assert len(list(cache.glob("int8-*"))) == 1 and not (tmp_path / "integer" / "calibration").exists()
-    (tmp_path / "file").write_text("x")
-    run = subprocess.run([sys.executable, "-m", "lidit_export.cli", "build", "--model", tiny_folder, "--out",
-                          tmp_path / "b", "--precision", "int8", "--calibration-cache", tmp_path / "file"],
-                         capture_output=True, text=True)
-    message = run.stderr.strip()
-    assert run.returncode == 2 and "\n" not in message and "--calibration-cache" in message and "not a folder" in message
