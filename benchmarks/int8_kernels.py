@@ -9,8 +9,9 @@ int16 (vpmaddubsw), which saturates once a pair passes 32767: 2 x 255 x 127 does
 --precision int8 --int8-kernels integer` puts the weights on 63 levels (2 x 255 x 63 = 32130 cannot) and
 records ALL as the graphs' level. This script shows both halves:
 
-1. One Q/DQ MatMul (512 x 384 activations spread so that many codes sit at the ends, 384 x 1536 per-channel
-   INT8 weights) with weights on 127 and on 63 levels: relative L2 of ALL against BASIC, and what ALL fused.
+1. One Q/DQ MatMul (lidit_export/check/int8_kernels.py: 512 x 384 activations, many codes at the ends of their
+   range, 384 x 1536 per-channel INT8 weights) with weights on 127 and on 63 levels: relative L2 of ALL against
+   BASIC, and what ALL fused.
 2. Per build and graph (the refiner and DiT, with the inputs of one drawn image): p50 wall time at BASIC and at
    ALL, relative L2 between the two, the manifest's level, and the kernels of the ALL session (op counts of
    its optimized graph).
@@ -69,32 +70,6 @@ def fused_ops(path: Path) -> dict[str, int]:
     return {k: counts[k] for k in KERNELS if counts[k]}
 
 
-def one_matmul(levels: int, threads: int, tmp: Path) -> dict:
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    m, k, n = 512, 384, 1536
-    w = rng.standard_normal((k, n)).astype(np.float32)
-    scale = (np.abs(w).max(0) / levels).astype(np.float32)
-    codes = np.clip(np.rint(w / scale), -levels, levels).astype(np.int8)
-    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
-             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
-             helper.make_node("DequantizeLinear", ["wq", "ws", "zw"], ["wd"], axis=1),
-             helper.make_node("MatMul", ["xd", "wd"], ["y"])]
-    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "sx"), numpy_helper.from_array(np.array(0, np.int8), "zx"),
-             numpy_helper.from_array(codes, "wq"), numpy_helper.from_array(scale, "ws"),
-             numpy_helper.from_array(np.zeros(n, np.int8), "zw")]
-    graph = helper.make_graph(nodes, "qdq_matmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]).SerializeToString()
-    x = (rng.standard_normal((m, k)) * 1.5).astype(np.float32)
-    optimized = tmp / f"matmul_{levels}.onnx"
-    out = {level: session(model, level, threads, optimized if level == "ORT_ENABLE_ALL" else None).run(None, {"x": x})[0]
-           for level in LEVELS}
-    return {"weight_levels": levels, "rel_l2_all_vs_basic": rel_l2(out["ORT_ENABLE_ALL"], out["ORT_ENABLE_BASIC"]),
-            "all_runs": fused_ops(optimized)}
-
-
 def table(report: dict) -> str:
     lines = ["| build | graph | manifest level | BASIC p50 | ALL p50 | ALL vs BASIC (rel L2) | ALL runs |",
              "|---|---|---|---|---|---|---|"]
@@ -117,13 +92,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from lidit_export.artifacts import atomic_write_json, atomic_write_text
+    from lidit_export.check.int8_kernels import integer_gemm_gap
     from lidit_runtime.manifest import build_file
     from lidit_runtime.pipeline import Pipeline
 
     builds, model = {}, None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        single = [one_matmul(levels, args.threads, tmp) for levels in (127, 63)]
+        single = [integer_gemm_gap(levels, tmp / f"matmul_{levels}.onnx", args.threads) for levels in (127, 63)]
         for r in single:
             print(f"one Q/DQ MatMul, weights on {r['weight_levels']} levels: ALL vs BASIC rel L2 "
                   f"{r['rel_l2_all_vs_basic']:.1e} ({r['all_runs']})", flush=True)

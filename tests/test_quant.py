@@ -189,38 +189,16 @@ def test_integer_kernel_int8_graphs_are_faithful_to_modelopt_at_onnx_runtimes_fu
         assert runtime_gap <= 0.25 * quant_error
 
 
-def test_onnx_runtimes_integer_gemm_is_exact_with_63_level_weights():
+def test_onnx_runtimes_integer_gemm_is_exact_with_63_level_weights(tmp_path):
     """Why --int8-kernels integer uses 63 levels: ONNX Runtime's fused INT8 GEMM (u8 x s8 products added in
     pairs into int16 on AVX2 without VNNI) saturates once a pair passes 32767 (2 x 255 x 127 does); with
     |w| <= 63 it cannot, and the fused kernel equals the Q/DQ graph at BASIC to float rounding (127 levels:
     benchmarks/int8_kernels.py measures the gap; CPUs with VNNI add in int32 and are exact either way)."""
-    levels = 63
-    from onnx import TensorProto, helper, numpy_helper
+    from lidit_export.check.int8_kernels import integer_gemm_gap
 
-    rng = np.random.default_rng(0)
-    m, k, n = 64, 384, 256
-    w = rng.standard_normal((k, n)).astype(np.float32)
-    scale = (np.abs(w).max(0) / levels).astype(np.float32)
-    codes = np.clip(np.rint(w / scale), -levels, levels).astype(np.int8)
-    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
-             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
-             helper.make_node("DequantizeLinear", ["wq", "ws", "zw"], ["wd"], axis=1),
-             helper.make_node("MatMul", ["xd", "wd"], ["y"])]
-    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "sx"), numpy_helper.from_array(np.array(0, np.int8), "zx"),
-             numpy_helper.from_array(codes, "wq"), numpy_helper.from_array(scale, "ws"),
-             numpy_helper.from_array(np.zeros(n, np.int8), "zw")]
-    graph = helper.make_graph(nodes, "qdq_matmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]).SerializeToString()
-    x = (rng.standard_normal((m, k)) * 1.5).astype(np.float32)  # many codes at +-127: the worst case
-    out = {}
-    for level in ("ORT_ENABLE_BASIC", "ORT_ENABLE_ALL"):
-        options = ort.SessionOptions()
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-        out[level] = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    basic = out["ORT_ENABLE_BASIC"]
-    rel = float(np.linalg.norm(out["ORT_ENABLE_ALL"] - basic) / np.linalg.norm(basic))
-    assert rel <= 1e-6  # measured 2e-7 (float rounding of the dequantized sum)
+    gap = integer_gemm_gap(63, tmp_path / "optimized.onnx", rows=64, n=256)
+    assert gap["all_runs"].get("MatMulIntegerToFloat") == 1  # the integer kernel ran
+    assert gap["rel_l2_all_vs_basic"] <= 1e-6  # measured 2e-7 (float rounding of the dequantized sum)
 
 
 @pytest.mark.parametrize("precision", ["fp8", "int8"])
