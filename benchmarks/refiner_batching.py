@@ -45,17 +45,23 @@ def main(argv: list[str] | None = None) -> None:
         pipes["per step"].uncond_cache = pipes["batched"].uncond_cache = None  # every row refined, every image
         rows = interleaved({name: (lambda seed, pipe=pipe: pipe.generate(GenerateRequest(prompt, seed=seed)).timings)
                             for name, pipe in pipes.items()}, args.images)
-        same = [np.abs(pipes["per step"].generate(prompt, seed=s).latents - pipe.generate(prompt, seed=s).latents).max()
-                for s in range(2) for pipe in list(pipes.values())[1:]]
+        gaps = []
+        for seed in range(2):
+            want = pipes["per step"].generate(prompt, seed=seed).latents
+            for pipe in list(pipes.values())[1:]:
+                got = pipe.generate(prompt, seed=seed).latents
+                gaps.append((np.abs(got - want).max(), np.linalg.norm(got - want) / np.linalg.norm(want)))
+        same = [g[0] for g in gaps]
         refine = {n: r["stages"]["refine"]["p50_ms"] for n, r in rows.items()}
         models[config.name] = {"steps": config.scheduler.default_steps, "cfg": config.scheduler.default_cfg,
                                "resolution": [config.default_height, config.default_width], "rows": rows,
                                "refine_speedup_p50": {n: refine["per step"] / t for n, t in refine.items()},
-                               "max_abs_latent_diff": float(max(same))}
+                               "max_abs_latent_diff": float(max(same)),
+                               "max_rel_l2_latent_diff": float(max(g[1] for g in gaps))}
         all_rows.update({f"{config.name} {n}": r for n, r in rows.items()})
         print(f"{config.name}: refiner p50 per image " + ", ".join(f"{n} {t:.1f} ms ({refine['per step'] / t:.2f}x)"
                                                                    for n, t in refine.items())
-              + f"; latents differ by {max(same):.2g}")
+              + f"; latents differ by {max(same):.2g} (rel L2 {max(g[1] for g in gaps):.1g})")
     result = {"benchmark": "refiner_batching", "environment": describe_environment(),
               "settings": {"precision": "fp32", "backend": "onnxruntime", "images": args.images, "interleaved": True,
                            "batch": 1, "prompt": prompt[0]}, "models": models}
