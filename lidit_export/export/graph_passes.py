@@ -71,6 +71,24 @@ def count_quantized_layers(model: onnx.ModelProto) -> dict[str, bool]:
     return layers
 
 
+def constant_values(model: onnx.ModelProto):
+    """name -> its value as a numpy array when it is an initializer or a Constant node's output, else None
+    (the lookup tables are built once, here)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+
+    def value(name: str):
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        node = constants.get(name)
+        attr = next((a for a in node.attribute if a.name == "value"), None) if node else None
+        return numpy_helper.to_array(attr.t) if attr is not None else None
+
+    return value
+
+
 def fold_weight_quantization(model: onnx.ModelProto) -> int:
     """Store quantized weights as INT8 / FLOAT8E4M3FN initializers feeding their DequantizeLinear,
     instead of FP32 weights behind a QuantizeLinear: ~4x smaller files, same values.
@@ -85,14 +103,7 @@ def fold_weight_quantization(model: onnx.ModelProto) -> int:
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
-
-    def value(name: str):
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        node = constants.get(name)
-        attr = next((a for a in node.attribute if a.name == "value"), None) if node else None
-        return numpy_helper.to_array(attr.t) if attr is not None else None
+    value = constant_values(model)
 
     uses: dict[str, int] = {}
     for node in graph.node:
@@ -377,22 +388,6 @@ def quantize_embeddings_int8(model: onnx.ModelProto) -> int:
     return count
 
 
-def _scalar(model: onnx.ModelProto, name: str) -> float | None:
-    """The value of a one-element constant (initializer or Constant node output), else None."""
-    from onnx import numpy_helper
-
-    for init in model.graph.initializer:
-        if init.name == name:
-            value = numpy_helper.to_array(init)
-            return float(value.reshape(-1)[0]) if value.size == 1 else None
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            attr = next((a for a in node.attribute if a.name == "value"), None)
-            value = numpy_helper.to_array(attr.t) if attr is not None else None
-            return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
-    return None
-
-
 def fusable_tanh_gelu(model: onnx.ModelProto) -> int:
     """Rewrite the exporter's tanh-GELU, 0.5 * (x * (1 + tanh(c * (x + k * (x * (x * x)))))), as
     (0.5 * x) * (1 + tanh(c * (x + k * x^3))) with a Pow: the same function in the same standard ops (TensorRT
@@ -412,11 +407,13 @@ def fusable_tanh_gelu(model: onnx.ModelProto) -> int:
         users = consumers.get(name, [])
         return users[0] if len(users) == 1 else None
 
+    constant = constant_values(model)
+
     def split(node, value):
-        """(the other input, True) when one input of a binary node is the constant `value`."""
+        """The other input of a binary node one of whose inputs is the one-element constant `value`, else None."""
         for i in (0, 1):
-            got = _scalar(model, node.input[i])
-            if got is not None and abs(got - value) <= 1e-6 * max(1.0, abs(value)):
+            got = constant(node.input[i])
+            if got is not None and got.size == 1 and abs(float(got.reshape(-1)[0]) - value) <= 1e-6 * max(1.0, abs(value)):
                 return node.input[1 - i]
         return None
 

@@ -227,9 +227,10 @@ def encode_conditions(backend: Backend, tokenizers: Sequence[PromptTokenizer], p
     and excluded from the pooled mean, so this equals encoding the rows together.
     """
     batch = len(prompts)
-    hidden, masks, pooled, natural = [], [], [], []
+    cached_negative = negative is not None and uncond_cache is not None
+    hidden, masks, pooled, natural = [], [], [], [] if cached_negative else None
     for index, tokenizer in enumerate(tokenizers):
-        if negative is None or uncond_cache is None:
+        if not cached_negative:
             rows = tokenizer.rows(prompts) + (tokenizer.rows([negative], negative=True) * batch if negative is not None else [])
             tokens = tokenizer.pack(rows)
             mask = backend.asarray(tokens.attention_mask)
@@ -237,7 +238,6 @@ def encode_conditions(backend: Backend, tokenizers: Sequence[PromptTokenizer], p
             hidden.append(h)
             masks.append(mask)
             pooled.append(p)
-            natural = None
             continue
         key = ("encoded", index, negative)
         cached = uncond_cache.get(key)
@@ -313,9 +313,12 @@ def refine_with_cached_uncond(backend: Backend, hidden, masks, pooled, timesteps
     key = ("refined", negative, tuple(own), np.asarray(backend.to_numpy(timesteps[:, 0])).tobytes())
     cached = uncond_cache.get(key)
     if cached is None:
-        ones = lambda arrays: [None if a is None else backend.asarray(a) for a in arrays]  # noqa: E731
-        steps = refine_all_steps(backend, ones([h for h, _, _ in natural]), ones([m for _, m, _ in natural]),
-                                 ones([p for _, _, p in natural]), timesteps[:, :1], 1)
+        def on_backend(arrays):
+            return [None if a is None else backend.asarray(a) for a in arrays]
+
+        steps = refine_all_steps(backend, on_backend([h for h, _, _ in natural]),
+                                 on_backend([m for _, m, _ in natural]), on_backend([p for _, _, p in natural]),
+                                 timesteps[:, :1], 1)
         cached = [(backend.to_numpy(c).copy(), backend.to_numpy(m).copy()) for c, m in steps]
         if any(c.shape[1] != sum(u - p for u, p in zip(own, prefixes)) for c, _ in cached):
             return None
