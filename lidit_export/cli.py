@@ -258,10 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True, help="build folder")
     p.add_argument("--precision", default="fp32", choices=[p.value for p in Precision],
-                   help="of the refiner and DiT (encoders and the VAE stay fp32); int8-wo: INT8 weights only")
+                   help="of the refiner and DiT (the VAE stays fp32, encoders follow --encoder-weights); int8-wo: INT8 "
+                   "weights only")
     p.add_argument("--encoder-weights", default="fp32", choices=list(ENCODER_WEIGHTS),
                    help="the LLM encoders' weights: int8 / int4 blocks for ONNX Runtime (3.5x / 6x smaller graphs; "
-                   "no TensorRT engines)")
+                   "no TensorRT engines), or fp16 / bf16 for the whole encoder graph (GPU targets; 2x smaller)")
     p.add_argument("--int8-kernels", default="qdq", choices=list(INT8_KERNELS),
                    help="--precision int8: qdq (exact Q/DQ, dequantized weights on CPU; TensorRT's form) or integer "
                    "(weights on 63 levels, run by ONNX Runtime's fused integer kernels: faster on CPU)")

@@ -34,7 +34,7 @@ class BuildOptions:
     smoothquant_alpha: float = 0.5
     exclude: list[str] = field(default_factory=list)  # fnmatch patterns kept in high precision (recipe.extra_exclude)
     prefix_cache: bool = True
-    encoder_weights: str = "fp32"  # fp32 | int8 | int4: the LLM encoders' weights (ONNX Runtime only when quantized)
+    encoder_weights: str = "fp32"  # fp32 | int8 | int4 (ONNX Runtime only) | fp16 | bf16 (whole graph): LLM encoders
     calibration_dir: str | None = None  # calibration cache; default BUILD/calibration (share one between builds)
     int8_kernels: str = "qdq"  # INT8 only. qdq: 127-level weights, exact Q/DQ at ONNX Runtime's BASIC level (and
     # TensorRT); integer: 63-level weights, run by ONNX Runtime's fused integer kernels (exact without VNNI)

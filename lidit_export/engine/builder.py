@@ -112,14 +112,16 @@ def resolve_compute_capability(target: Target, options: EngineOptions) -> str:
     return cc
 
 
-def check_precision(precision: Precision, target: Target, cc: str) -> None:
+def check_precision(precision: Precision, target: Target, cc: str, flag: str = "--precision") -> None:
+    """Refuse a precision the target cannot run; `flag` is the option that set it (an encoder's is
+    --encoder-weights)."""
     precision = Precision(precision)
     policy = precision.policy
     needed = policy.min_compute_capability
     if needed is not None and tuple(int(x) for x in cc.split(".")) < needed:
         gpus, instead = TOO_OLD[precision]
         raise EngineRefused(f"{precision.value.upper()} needs a GPU of compute capability {needed[0]}.{needed[1]} or "
-                            f"newer ({gpus}); the target is {cc}: use --precision {instead} for this GPU")
+                            f"newer ({gpus}); the target is {cc}: use {flag} {instead} for this GPU")
     if policy.int8_activations and target.name == "trt-rtx":
         raise EngineRefused("TensorRT for RTX runs INT8 only as weight-only quantization, not SmoothQuant's INT8 "
                           "activations: use --precision int8-wo (INT8 weights, FP16/FP32 activations) or fp8")
@@ -200,8 +202,8 @@ def build_engines(folder: BuildFolder, manifest: Manifest, options: EngineOption
     build_dir = folder.path
     target = load_target(options.target)
     cc = resolve_compute_capability(target, options)
-    for precision in {r.precision for r in manifest.components.values()}:
-        check_precision(precision, target, cc)
+    for name, record in manifest.components.items():
+        check_precision(record.precision, target, cc, "--encoder-weights" if name.startswith("encoder_") else "--precision")
     ort_only = sorted(n for n, r in manifest.components.items() if r.weights)
     if ort_only:
         raise EngineRefused(f"{', '.join(ort_only)} hold {manifest.components[ort_only[0]].weights} weights in ONNX "
@@ -220,7 +222,15 @@ def build_engines(folder: BuildFolder, manifest: Manifest, options: EngineOption
             continue
         progress(f"  {name} ({record.precision}): building a {target.name} {target.version} engine for sm{cc} ...")
         t0 = time.perf_counter()
-        plan = build_one(target, build_dir / record.file, input_shapes(record, dims), cc, options, timing_cache)
+        try:
+            plan = build_one(target, build_dir / record.file, input_shapes(record, dims), cc, options, timing_cache)
+        except ArtifactError as e:
+            if Precision(record.precision).policy.half:
+                # TensorRT for RTX 1.7 fails inside Myelin on half attention with a head size of 12 (16 and 64 build)
+                flag = "--encoder-weights fp32" if name.startswith("encoder_") else "--precision fp32"
+                raise ArtifactError(f"{e}; or build this {record.precision} graph in FP32 ({flag}): some half "
+                                    "attention shapes (head size 12, for one) fail inside TensorRT") from None
+            raise
         atomic_write_bytes(file, plan)
         seconds = time.perf_counter() - t0
         engines[name] = EngineRecord(name=name, file=str(file.relative_to(build_dir)), sha256=file_sha256(file),

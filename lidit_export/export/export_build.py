@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lidit_runtime.manifest import FORMAT, ComponentRecord, EncoderRecord, Manifest, file_sha256
-from lidit_runtime.precision import Precision
+from lidit_runtime.precision import HALF_ENCODERS, Precision
 
 from .. import __version__
 from ..build_folder import BuildFolder
@@ -21,7 +21,8 @@ from ..components import Component, components, encoder
 from ..model.pipeline import LiDiTPipeline
 from .graph_passes import PASSES_REVISION
 from .graph_spec import ShapeProfile, graph_specs
-from .onnx_export import OPSET, check_exported_io, component_inputs, component_modules, copy_tokenizers, export_graph
+from .onnx_export import (OPSET, check_exported_io, check_half_drift, component_inputs, component_modules,
+                          copy_tokenizers, export_graph)
 
 
 def tool_versions() -> dict[str, str]:
@@ -49,8 +50,9 @@ def input_key(model_dir: Path, config, comp: Component, spec, prefix_cache: bool
 
 
 def graph_weights(comp, encoder_weights: str) -> str | None:
-    """The block-quantized weight format a component's graph is exported with: an LLM encoder's
-    --encoder-weights when not fp32, else None (every other graph keeps its precision's weights)."""
+    """What a component's graph is exported with beyond its precision: an LLM encoder's --encoder-weights when
+    not fp32 (int8 / int4 blocks, or fp16 / bf16 for the whole graph), else None (every other graph keeps its
+    precision's weights)."""
     return encoder_weights if comp.llm is not None and encoder_weights != "fp32" else None
 
 
@@ -60,9 +62,12 @@ def export_component(folder: BuildFolder, name: str, spec, key: str, module, sam
     """One graph of a build: reused when its key matches, else traced from `module` on `sample()` (called only
     then) into a file named after the key. calibration: the calibration key of a quantized module (the graph
     is then `precision` Q/DQ); half: converted to the half precision; weights: "int8" / "int4" block-quantized
-    weights for ONNX Runtime (an encoder's --encoder-weights); ort_optimization: the manifest's ONNX Runtime level
+    weights for ONNX Runtime, or "fp16" / "bf16" for the whole graph (an encoder's --encoder-weights); ort_optimization: the manifest's ONNX Runtime level
     for this graph (None: its precision's)."""
     graph_precision = precision if calibration is not None or half else Precision.FP32
+    half_encoder = weights in HALF_ENCODERS  # an encoder's whole graph in FP16 / BF16: a precision, not a weight format
+    if half_encoder:
+        graph_precision, precision, half, weights = Precision(weights), Precision(weights), True, None
     if calibration is not None:  # the calibration key covers the recipe, settings and weights
         key = hashlib.sha256(f"{key}:{precision}:{calibration}".encode()).hexdigest()
     elif half:
@@ -76,8 +81,12 @@ def export_component(folder: BuildFolder, name: str, spec, key: str, module, sam
         return old
     progress(f"  {name} ({label}): exporting ...")
     file = f"onnx/{name}-{key[:16]}.onnx"  # named after its key: the graph of the build in place stays
-    digest = export_graph(module, spec, sample(), folder.path / file, precision=graph_precision, weights=weights)
+    inputs = sample()
+    digest = export_graph(module, spec, inputs, folder.path / file, precision=graph_precision, weights=weights)
     check_exported_io(folder.path / file, spec)
+    if half_encoder:
+        drift = check_half_drift(folder.path / file, spec, module, inputs, graph_precision)
+        progress(f"  {name} ({label}): relative error {drift:.2g} against FP32 on the export sample")
     data = folder.path / (file + ".data")
     record = ComponentRecord(
         name=name, file=file, sha256=digest, precision=graph_precision.value,

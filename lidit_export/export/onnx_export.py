@@ -141,6 +141,52 @@ def export_graph(module: nn.Module, spec: GraphSpec, sample: dict[str, np.ndarra
     return file_sha256(out_file)
 
 
+# How far a half encoder graph's outputs may drift from the FP32 module on the export sample (relative L2):
+# about 10x what a healthy graph shows (tiny: FP16 ~1e-3, BF16 ~1e-2; SmolLM2 in benchmarks/encoder_weights.py).
+HALF_DRIFT = {Precision.FP16: 0.02, Precision.BF16: 0.1}
+
+
+def check_half_drift(file: Path, spec: GraphSpec, module: nn.Module, sample: dict[str, np.ndarray],
+                     precision: Precision) -> float:
+    """A half precision graph computes what its FP32 module does on `sample`, within HALF_DRIFT; returns the
+    worst relative error. FP16 stops at 65504 and some LLMs' activations pass it (outliers of a few thousand
+    are common, tens of thousands are not rare): the converter clips the weights and a squared norm overflows
+    to inf, and the features come out finite but wrong - so the check is against FP32, not for inf. Runs on
+    ONNX Runtime's CPU provider (FP16 through its inserted casts, BF16 through bf16_emulation)."""
+    import onnx
+    import onnxruntime as ort
+
+    from lidit_runtime.backends.bf16_emulation import emulate_bf16, has_bf16
+
+    args = tuple(torch.from_numpy(sample[t.name]) for t in spec.inputs)
+    with torch.inference_mode():
+        want = module.eval()(*args)
+    want = [w.float().numpy() for w in (want if isinstance(want, (tuple, list)) else (want,))]
+    model = onnx.load(str(file))
+    if has_bf16(model):
+        model = emulate_bf16(model)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    with tempfile.TemporaryDirectory(dir=file.parent, prefix=f".{spec.name}.check.") as tmp:
+        path = Path(tmp) / file.name  # external data (graphs past 2 GB) has to sit beside the graph
+        onnx.save_model(model, str(path), save_as_external_data=True, location=file.name + ".data")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        got = session.run(None, {t.name: sample[t.name] for t in spec.inputs})
+    worst = 0.0
+    for out, a, b in zip(spec.outputs, got, want):
+        if a.dtype.kind != "f":
+            continue
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        rel = float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)) if np.isfinite(a).all() else float("inf")
+        worst = max(worst, rel)
+        if not rel <= HALF_DRIFT[precision]:
+            fix = "use bf16 (FP32's range)" if precision is Precision.FP16 else "keep fp32"
+            raise ArtifactError(f"{spec.name} in {precision} drifts from FP32 on the export sample ({out.name}: "
+                                f"relative error {rel:.3g} > {HALF_DRIFT[precision]}; its activations leave the "
+                                f"{precision} range); {fix}")
+    return worst
+
+
 def check_exported_io(file: Path, spec: GraphSpec) -> None:
     """The graph's inputs and outputs are the spec's, by name and rank."""
     import onnx

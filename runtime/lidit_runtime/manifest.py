@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from .chain import ChainRecord
 from .errors import ArtifactError, ConfigError
-from .precision import ENCODER_WEIGHTS
+from .precision import BLOCK_WEIGHTS
 from .sampler import SchedulerConfig
 from .schema import from_dict
 
@@ -252,8 +252,8 @@ def check_manifest(m: Manifest) -> None:
             raise bad(f"{where}: data_file and data_sha256 go together")
         if rec.data_sha256 is not None:
             _check_digest(rec.data_sha256, f"{where}.data_sha256")
-        if rec.weights is not None and rec.weights not in ENCODER_WEIGHTS[1:]:
-            raise bad(f"{where}.weights={rec.weights!r} is not one of {ENCODER_WEIGHTS[1:]}")
+        if rec.weights is not None and rec.weights not in BLOCK_WEIGHTS:
+            raise bad(f"{where}.weights={rec.weights!r} is not one of {BLOCK_WEIGHTS}")
         if rec.ort_optimization not in ORT_LEVELS:
             raise bad(f"{where}.ort_optimization={rec.ort_optimization!r} is not one of {ORT_LEVELS}")
         missing = sorted(set(REQUIRED_DIMS.get(key, ())) - set(rec.dims))

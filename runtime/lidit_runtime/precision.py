@@ -1,8 +1,9 @@
 """Precisions of a build: one enum and one policy table, read by the CLI, the build stages, the engine
 builder, parity and the runtime. Nowhere else is a precision compared to a string.
 
-A precision names what the refiner and the DiT become; encoders and the VAE decoder stay FP32 in every
-build (LLM activations overflow FP16, and quantizing them saves memory rather than time).
+A precision names what the refiner and the DiT become; encoders and the VAE decoder stay FP32 unless asked
+(`--encoder-weights`, below): some LLMs' activations overflow FP16, and quantizing them saves memory rather
+than time.
 """
 from __future__ import annotations
 
@@ -12,9 +13,14 @@ from dataclasses import dataclass
 from .errors import ConfigError
 
 
-# The LLM encoders' weights (`--encoder-weights`): FP32, or block-quantized INT8 / INT4 graphs that only ONNX Runtime
-# runs (its MatMulNBits / GatherBlockQuantized operators). A component record names the quantized ones in `weights`.
-ENCODER_WEIGHTS = ("fp32", "int8", "int4")
+# The LLM encoders' weights (`--encoder-weights`): FP32; block-quantized INT8 / INT4 graphs that only ONNX Runtime
+# runs (its MatMulNBits / GatherBlockQuantized operators), named in a component record's `weights`; or the whole
+# encoder graph in FP16 / BF16 (weights and arithmetic, FP32 inputs and outputs) for GPU targets, whose record
+# then has that `precision`. BF16 is what these LLMs were trained in; FP16 is checked per model by the build
+# (an encoder whose activations overflow FP16 is refused, see lidit_export.export.onnx_export).
+BLOCK_WEIGHTS = ("int8", "int4")
+HALF_ENCODERS = ("fp16", "bf16")
+ENCODER_WEIGHTS = ("fp32", *BLOCK_WEIGHTS, *HALF_ENCODERS)
 INT8_KERNELS = ("qdq", "integer")  # how an INT8 build's graphs run on ONNX Runtime (lidit-export build --int8-kernels)
 
 

@@ -893,8 +893,12 @@ lidit_status* lidit_pipeline_load(const lidit_load_options* o, lidit_pipeline** 
       try {
         session = std::make_unique<Ort::Session>(*g_env, file.c_str(), so);
       } catch (const Ort::Exception& e) {
-        fail(LIDIT_CORRUPT_ARTIFACT, "ONNX Runtime cannot load " + rec.file + ": " + first_line(e.what()) +
-                                         "; re-run `lidit-export build`");
+        std::string what = first_line(e.what());
+        if (rec.precision == "bf16" && e.GetOrtErrorCode() == ORT_NOT_IMPLEMENTED)  // no BF16 kernels on CPU
+          fail(LIDIT_UNSUPPORTED, "this ONNX Runtime provider has no BF16 kernels for " + rec.file +
+                                      " (the C++ runtime does not emulate them, the Python runtime does): use a GPU "
+                                      "provider, or build with fp16 / fp32 (--precision, --encoder-weights)");
+        fail(LIDIT_CORRUPT_ARTIFACT, "ONNX Runtime cannot load " + rec.file + ": " + what + "; re-run `lidit-export build`");
       }
       Ort::AllocatorWithDefaultOptions alloc;
       std::vector<std::string> ins, outs, want_in, want_out;
