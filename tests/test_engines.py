@@ -161,6 +161,7 @@ def test_tensorrt_backend_matches_onnxruntime(tiny_folder, tmp_path):
 
 
 @needs_smollm2
+@pytest.mark.slow  # two minutes of engine builds; tiny covers every precision (above) and partial rebuilds
 def test_smol_engines_for_every_precision_rebuild_only_what_changed(smol_folder, tmp_path):
     """smol (SmolLM2 + a second LLM): TensorRT for RTX engines from the FP32, FP16, BF16, FP8 and INT8
     weight-only graphs, built one after another into one folder: the encoders and the VAE stay FP32 in
