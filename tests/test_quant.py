@@ -17,6 +17,7 @@ from lidit_export.quant.calibrate import CalibrationSettings, calibrate
 from lidit_export.quant.prompts import load_prompts
 from lidit_export.quant.recipes import QuantRecipe, plan_layers
 from helpers import graph_file
+from lidit_runtime.manifest import load_manifest
 
 pytest.importorskip("modelopt", reason="NVIDIA ModelOpt not installed: pip install nvidia-modelopt==0.47.0")
 SETTINGS = dict(steps=3, height=64, width=64, batch=2)
@@ -199,6 +200,29 @@ def test_onnx_runtimes_integer_gemm_is_exact_with_63_level_weights(tmp_path):
     gap = integer_gemm_gap(63, tmp_path / "optimized.onnx", rows=64, n=256)
     assert gap["all_runs"].get("MatMulIntegerToFloat") == 1  # the integer kernel ran
     assert gap["rel_l2_all_vs_basic"] <= 1e-6  # measured 2e-7 (float rounding of the dequantized sum)
+
+
+def test_qdq_int8_graphs_run_at_the_full_level_only_where_the_fused_kernels_are_exact(tiny_int8_build, tmp_path):
+    """The runtime asks the CPU once (backends/int8_probe.py) and runs the Q/DQ INT8 graphs the build pinned to
+    BASIC at ALL where the fused integer GEMM computes what the graph says (VNNI); elsewhere they stay at BASIC.
+    Either way the images are the BASIC graphs' (this also catches a probe that is wrong on the CI's CPU)."""
+    from lidit_export.check.int8_kernels import write_probe
+    from lidit_runtime.backends.int8_probe import PROBE, fused_int8_exact, probe_gap
+    from lidit_runtime.pipeline import Pipeline
+
+    write_probe(tmp_path / "probe.onnx")
+    assert (tmp_path / "probe.onnx").read_bytes() == PROBE.read_bytes()  # the shipped probe is the generator's
+    exact = fused_int8_exact()
+    assert exact == (probe_gap() < 1e-5)
+    records = load_manifest(tiny_int8_build).components
+    assert records["dit"].ort_optimization == records["refiner"].ort_optimization == "basic"
+    auto, basic = Pipeline.load(tiny_int8_build), Pipeline.load(tiny_int8_build, optimization="basic")
+    want = {n: ("all" if exact and n in ("refiner", "dit") else r.ort_optimization) for n, r in records.items()}
+    assert auto.backend.levels == want and set(basic.backend.levels.values()) == {"basic"}
+    for seed, prompt in enumerate(["a red circle to the left of a blue square", "two cats on a sofa"]):
+        a = auto.generate(prompt, seed=seed, steps=4).latents.astype(np.float64)
+        b = basic.generate(prompt, seed=seed, steps=4).latents.astype(np.float64)
+        assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-4, prompt  # saturation would show ~1e-2
 
 
 @pytest.mark.parametrize("precision", ["fp8", "int8"])

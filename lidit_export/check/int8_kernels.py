@@ -58,3 +58,13 @@ def integer_gemm_gap(levels: int, optimized_file: str, threads: int | None = Non
     return {"weight_levels": levels, "rel_l2_all_vs_basic": float(np.linalg.norm(out["ORT_ENABLE_ALL"] - basic)
                                                                    / np.linalg.norm(basic)),
             "all_runs": dict(ops)}
+
+
+PROBE_SHAPE = {"rows": 64, "k": 128, "n": 64}  # the runtime's probe: small enough to ship, large enough to saturate
+
+
+def write_probe(path: str) -> None:
+    """Write the runtime's probe model (lidit_runtime/backends/int8_probe.onnx): qdq_matmul on 127 levels."""
+    from pathlib import Path
+
+    Path(path).write_bytes(qdq_matmul(127, **PROBE_SHAPE)[0])

@@ -46,9 +46,13 @@ class OnnxRuntimeBackend(GraphStages):
         self.spinning = spinning
         self.sessions = {}
         self.emulated_bf16: list[str] = []  # BF16 graphs this provider has no kernels for (see bf16_emulation)
+        self.levels: dict[str, str] = {}  # the ONNX Runtime level each graph runs at
         for name, record in manifest.components.items():
             options = ort.SessionOptions()
             level = optimization or record.ort_optimization
+            if optimization is None and self._fused_int8_exact(record):
+                level = "all"  # this CPU's fused INT8 GEMMs give the graph's own numbers (backends/int8_probe.py)
+            self.levels[name] = level
             options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
             if threads:
                 options.intra_op_num_threads = threads
@@ -71,6 +75,17 @@ class OnnxRuntimeBackend(GraphStages):
         self.encoders = manifest.encoders
         self.graph_inputs = {n: {t["name"] for t in r.inputs} for n, r in manifest.components.items()}
         self._local = threading.local()
+
+    def _fused_int8_exact(self, record) -> bool:
+        """A Q/DQ INT8 graph the build pinned to BASIC, on the CPU provider of a CPU whose fused integer GEMMs
+        are exact (VNNI): it can run at ALL."""
+        if record.precision != Precision.INT8 or record.ort_optimization != "basic":
+            return False
+        if self.providers != ["CPUExecutionProvider"]:
+            return False
+        from .int8_probe import fused_int8_exact
+
+        return fused_int8_exact()
 
     @property
     def _buffers(self) -> dict[tuple, list[np.ndarray]]:
