@@ -1,14 +1,16 @@
-"""The LLM encoder graphs with FP32, INT8 and INT4 weights (`--encoder-weights`): size, speed, fidelity.
+"""The LLM encoder graphs with FP32, INT8, INT4, FP16 and BF16 weights (`--encoder-weights`): size, speed, fidelity.
 
     python benchmarks/encoder_weights.py --model models/mini --builds build
 
-Builds the model's FP32 graphs three times, once per encoder weight format (reusing up-to-date builds under
+Builds the model's FP32 graphs five times, once per encoder weight format (reusing up-to-date builds under
 the folders environment.build_folder names, shared with the other benchmarks), then per encoder graph:
 - bytes on disk (graph + external data) of every artifact of each build;
 - the features' error against the FP32 graph (relative L2 of `hidden` over the caption rows and of `pooled`,
   per prompt: median and max) on the calibration prompts of the model folder, else the shipped prompts;
 - the graph's run time in ONNX Runtime (CPU, the runtime's session settings) at batch 1 and 2 on short /
-  medium / long captions, the three formats timed in turn so that machine load hits each alike.
+  medium / long captions, the three CPU formats timed in turn so that machine load hits each alike. FP16 and
+  BF16 are GPU formats: on this CPU ONNX Runtime runs FP16 through inserted casts and BF16 only through the
+  runtime's emulation, so they get sizes and fidelity, not timings.
 Prompt following (the miniature's scorer) is measured by benchmarks/miniature_quantization.py.
 Writes OUT/encoder_weights_<name>_cpu.json and a PNG made from it.
 """
@@ -25,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from encoder_prefix_cache import CAPTIONS  # noqa: E402
 from environment import artifact_bytes, build_folder, describe_environment, percentiles  # noqa: E402
 
-FORMATS = ("fp32", "int8", "int4")
+FORMATS = ("fp32", "int8", "int4", "fp16", "bf16")
+TIMED = FORMATS[:3]  # the CPU formats
 
 
 def plot(report: dict) -> bytes:
@@ -35,7 +38,7 @@ def plot(report: dict) -> bytes:
     sizes = ", ".join(f"{w} {sum(v for n, v in report['builds'][w]['bytes'].items() if n.startswith('encoder_')) / 1e6:.0f} MB"
                       for w in FORMATS)
     rows = {f"{r['encoder']} {r['caption']} b{r['batch']} {w}": {"encoder graph": r[w]["p50_ms"]}
-            for r in report["timings"] for w in FORMATS}
+            for r in report["timings"] for w in TIMED}
     return stacked_bars(rows, f"{report['model']} --encoder-weights, ONNX Runtime CPU p50 (graphs: {sizes})", "ms")
 
 
@@ -93,9 +96,9 @@ def main() -> None:
             for batch in (1, 2):
                 t = ref.tokenizers[i]([caption] * batch)
                 feeds = ref.manifest.encoders[i].encoder_inputs(t.input_ids, t.attention_mask)
-                samples = {w: [] for w in FORMATS}
+                samples = {w: [] for w in TIMED}
                 for rep in range(3 + args.reps):
-                    order = FORMATS if rep % 2 == 0 else FORMATS[::-1]
+                    order = TIMED if rep % 2 == 0 else TIMED[::-1]
                     for w in order:
                         t0 = time.perf_counter()
                         runtimes[w].backend.run(name, feeds)
@@ -105,7 +108,7 @@ def main() -> None:
                        **{w: percentiles(s) for w, s in samples.items()}}
                 timings.append(row)
                 print(f"{name} {label} b{batch} ({row['tokens']} tokens): "
-                      + ", ".join(f"{w} {row[w]['p50_ms']:.1f} ms" for w in FORMATS), flush=True)
+                      + ", ".join(f"{w} {row[w]['p50_ms']:.1f} ms" for w in TIMED), flush=True)
 
     report = {"benchmark": "encoder_weights", "model": config.name, "environment": describe_environment(),
               "settings": {"backend": "onnxruntime CPU (the runtime's sessions)", "prompts": len(prompts),
@@ -113,7 +116,10 @@ def main() -> None:
                                "int8": "MatMulNBits 8-bit, symmetric, block 32, accuracy level 4; embedding INT8 "
                                        "rows, block 32",
                                "int4": "MatMulNBits 4-bit, symmetric, block 32, accuracy level 4; embedding "
-                                       "GatherBlockQuantized 4-bit, block 32"}},
+                                       "GatherBlockQuantized 4-bit, block 32",
+                               "fp16": "the whole graph in FP16 (FP32 inputs/outputs); not timed on CPU",
+                               "bf16": "the whole graph in BF16 (FP32 inputs/outputs), run through the runtime's "
+                                       "BF16 emulation; not timed on CPU"}},
               "builds": builds, "fidelity": fidelity, "timings": timings}
     out = Path(args.out)
     atomic_write_json(out / f"encoder_weights_{config.name}_cpu.json", report)

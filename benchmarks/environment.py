@@ -42,13 +42,38 @@ def cpu_steal(seconds: float = 1.0) -> float | None:
     return (steal1 - steal0) / (total1 - total0) if total1 > total0 else 0.0
 
 
-def describe_environment() -> dict:
-    cpu = platform.processor() or ""
+# The instruction sets that decide which kernels ONNX Runtime (MLAS) and PyTorch (oneDNN) pick: FP32 GEMMs run
+# 256- or 512-bit wide, and INT8 GEMMs either multiply-add u8 x s8 pairs into int16 (AVX2 alone: faster than
+# FP32 only by ~1.3x, and saturating on 127-level weights) or into int32 (VNNI: several times faster and exact).
+# The "same" 2-core VM has come with either, so every result records which.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+
+
+def describe_cpu() -> tuple[str, list[str]]:
+    """The CPU's model name and which of ISA_FLAGS it has (Linux /proc/cpuinfo)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())  # the first processor's
     except OSError:
         pass
+    cpu, flags = fields.get("model name") or platform.processor() or "", set(fields.get("flags", "").split())
+    return cpu, [f for f in ISA_FLAGS if f in flags]
+
+
+def isa_tag() -> str:
+    """A short name for the CPU's widest kernels, for result file names: results from a VM that came with
+    another CPU do not overwrite these."""
+    _, isa = describe_cpu()
+    if "avx512f" in isa:
+        return "avx512-vnni" if "avx512_vnni" in isa else "avx512"
+    return ("avx2-vnni" if "avx_vnni" in isa else "avx2") if "avx2" in isa else "cpu"
+
+
+def describe_environment() -> dict:
+    cpu, isa = describe_cpu()
     try:
         memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
@@ -62,7 +87,7 @@ def describe_environment() -> dict:
     except ImportError:
         pass
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+            "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu, "cpu_isa": isa,
             "cpu_count": os.cpu_count(), "memory_gib": memory_gib, "gpu": gpu, "versions": versions(),
             "load_average_1m": os.getloadavg()[0], "cpu_steal": cpu_steal()}
 

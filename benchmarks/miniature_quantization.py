@@ -32,7 +32,8 @@ CONFIGS = {"fp32": ("fp32", "fp32", "qdq"), "fp16": ("fp16", "fp32", "qdq"), "bf
            "fp8": ("fp8", "fp32", "qdq"), "int8": ("int8", "fp32", "qdq"), "int8 integer": ("int8", "fp32", "integer"),
            "int8-wo": ("int8-wo", "fp32", "qdq"), "fp32 + int8 encoder": ("fp32", "int8", "qdq"),
            "fp32 + int4 encoder": ("fp32", "int4", "qdq"), "int8 + int8 encoder": ("int8", "int8", "qdq"),
-           "int8 integer + int8 encoder": ("int8", "int8", "integer")}
+           "int8 integer + int8 encoder": ("int8", "int8", "integer"),
+           "fp16 + fp16 encoder": ("fp16", "fp16", "qdq"), "bf16 + bf16 encoder": ("bf16", "bf16", "qdq")}
 
 
 def run_images(generate, scenes, seed: int) -> tuple[np.ndarray, float]:
