@@ -4,13 +4,14 @@
 
 Per build: one image is drawn (20 steps, the model's default size and cfg) to capture the inputs each graph
 really gets (the batched refiner's call, the DiT's CFG batch). Each graph is then run --runs times in a
-profiling session made as the runtime makes its own (the optimization level its manifest records, no
+profiling session made as the runtime makes its own (the optimization level it runs the graph at, no
 spinning), and kernel times are summed per operator type (after --warmup runs), and per category (GEMM /
 normalization / elementwise / data movement / Q/DQ / other). FLOPs of the GEMM-family kernels (MatMul, Gemm,
 FusedMatMul, Conv, MatMulNBits, MatMulInteger) come from the shapes the profiler records, which gives the rate
 inside those kernels and the share of time outside them. The wall time of an unprofiled run is recorded too.
 For scale: torch.mm's FP32 GEMM rate and ONNX Runtime's own, one 2048^3 MatMul each, same threads.
-Writes OUT/ort_profile_<model>_cpu.json and a PNG (ms per run and category, per build and graph).
+Writes OUT/ort_profile_<model>_<isa>.json and a PNG (ms per run and category, per build and graph); <isa> names
+the CPU's widest kernels (environment.isa_tag), so a VM that comes with another CPU writes its own.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from environment import describe_environment, percentiles  # noqa: E402
+from environment import describe_environment, isa_tag, percentiles  # noqa: E402
 
 PROMPT = "a red circle to the left of a blue square"
 GEMM = {"MatMul", "Gemm", "FusedMatMul", "Conv", "MatMulNBits", "MatMulInteger", "QLinearMatMul", "FusedConv",
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
                 def factory(profile: bool, record=record, file=file, name=name):
                     options = ort.SessionOptions()
                     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                                               _LEVELS[record.ort_optimization])
+                                                               _LEVELS[pipe.backend.levels[name]])
                     options.intra_op_num_threads = args.threads
                     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                     if profile:
@@ -205,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
                 for _ in range(args.warmup):
                     plain.run(None, feeds[name])
                 wall = percentiles([_timed(lambda: plain.run(None, feeds[name])) for _ in range(args.runs)])
-                result = {"ort_optimization": record.ort_optimization, "precision": str(record.precision),
+                result = {"ort_optimization": pipe.backend.levels[name], "manifest_level": record.ort_optimization,
+                          "precision": str(record.precision),
                           "input_shapes": {k: list(v.shape) for k, v in feeds[name].items()}, "wall": wall,
                           **profile_graph(factory, feeds[name], args.runs, args.warmup)}
                 result["gflops_wall"] = result["gemm_gflop_per_run"] / (wall["p50_ms"] / 1e3)
@@ -225,9 +227,9 @@ def main(argv: list[str] | None = None) -> None:
                                                              for c in CATEGORIES[:-1]}},
               "peaks": peaks, "builds": builds}
     out = Path(args.out)
-    atomic_write_json(out / f"ort_profile_{model}_cpu.json", report)
+    atomic_write_json(out / f"ort_profile_{model}_{isa_tag()}.json", report)
     rows = {f"{b} {g}": r["ms_per_category"] for b, graphs in builds.items() for g, r in graphs.items()}
-    atomic_write_bytes(out / f"ort_profile_{model}_cpu.png",
+    atomic_write_bytes(out / f"ort_profile_{model}_{isa_tag()}.png",
                        stacked_bars(rows, "ONNX Runtime CPU kernel time per run, by category (profiler)", "ms",
                                     size=(900, 60)))
 

@@ -4,7 +4,7 @@ own rows only), on FP32 builds, side by side (interleaved image by image).
 
     python benchmarks/refiner_batching.py --model models/mini --model models/smol --builds build
 
-Writes OUT/refiner_batching_cpu.json (hardware, versions, load, settings, per-stage p50/p95 per model and
+Writes OUT/refiner_batching_<isa>.json (<isa>: environment.isa_tag) (hardware, versions, load, settings, per-stage p50/p95 per model and
 setting, and whether the two settings draw the same latents) and a PNG made from it.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from environment import describe_environment, interleaved, stage_plot  # noqa: E402
+from environment import describe_environment, interleaved, isa_tag, stage_plot  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> None:
               "settings": {"precision": "fp32", "backend": "onnxruntime", "images": args.images, "interleaved": True,
                            "batch": 1, "prompt": prompt[0]}, "models": models}
     out = Path(args.out)
-    atomic_write_json(out / "refiner_batching_cpu.json", result)
-    atomic_write_bytes(out / "refiner_batching_cpu.png",
+    atomic_write_json(out / f"refiner_batching_{isa_tag()}.json", result)
+    atomic_write_bytes(out / f"refiner_batching_{isa_tag()}.png",
                        stage_plot(all_rows, "refiner per step vs batched up front (vs cached negative), FP32, ONNX Runtime CPU: p50 per stage"))
 
 
