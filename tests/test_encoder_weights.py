@@ -21,13 +21,18 @@ def ort_session(path):
 PROMPTS = ["a red circle to the left of a blue square", "two small cats on a sofa, photographed from above"]
 
 
-@pytest.fixture(scope="module", params=["int8", "int4"])
-def weights_build(request, tiny_folder, tmp_path_factory):
+def encoder_build(tiny_folder, tmp_path_factory, weights: str):
+    """The tiny model's FP32 build with its encoders exported with --encoder-weights `weights`: (weights, folder)."""
     from lidit_export.export.export_build import export_model
 
-    build = tmp_path_factory.mktemp("builds") / f"tiny-{request.param}"
-    export_model(tiny_folder, build, progress=lambda *_: None, encoder_weights=request.param)
-    return request.param, build
+    build = tmp_path_factory.mktemp("builds") / f"tiny-{weights}-encoders"
+    export_model(tiny_folder, build, progress=lambda *_: None, encoder_weights=weights)
+    return weights, build
+
+
+@pytest.fixture(scope="module", params=["int8", "int4"])
+def weights_build(request, tiny_folder, tmp_path_factory):
+    return encoder_build(tiny_folder, tmp_path_factory, request.param)
 
 
 def graph(build, name):
@@ -145,11 +150,7 @@ def test_the_cpp_runtime_runs_a_quantized_encoder_build_like_python(weights_buil
 # --encoder-weights fp16 / bf16: the whole encoder graph in half precision, for GPU targets.
 @pytest.fixture(scope="module", params=["fp16", "bf16"])
 def half_build(request, tiny_folder, tmp_path_factory):
-    from lidit_export.export.export_build import export_model
-
-    build = tmp_path_factory.mktemp("builds") / f"tiny-{request.param}-encoders"
-    export_model(tiny_folder, build, progress=lambda *_: None, encoder_weights=request.param)
-    return request.param, build
+    return encoder_build(tiny_folder, tmp_path_factory, request.param)
 
 
 def test_half_encoders_are_half_graphs_with_fp32_io_and_nothing_else_changes(half_build, tiny_build):
