@@ -112,6 +112,11 @@ def resolve_compute_capability(target: Target, options: EngineOptions) -> str:
     return cc
 
 
+def precision_flag(component: str) -> str:
+    """The build option that sets a component's precision: --encoder-weights for the LLM encoders."""
+    return "--encoder-weights" if component.startswith("encoder_") else "--precision"
+
+
 def check_precision(precision: Precision, target: Target, cc: str, flag: str = "--precision") -> None:
     """Refuse a precision the target cannot run; `flag` is the option that set it (an encoder's is
     --encoder-weights)."""
@@ -203,7 +208,7 @@ def build_engines(folder: BuildFolder, manifest: Manifest, options: EngineOption
     target = load_target(options.target)
     cc = resolve_compute_capability(target, options)
     for name, record in manifest.components.items():
-        check_precision(record.precision, target, cc, "--encoder-weights" if name.startswith("encoder_") else "--precision")
+        check_precision(record.precision, target, cc, precision_flag(name))
     ort_only = sorted(n for n, r in manifest.components.items() if r.weights)
     if ort_only:
         raise EngineRefused(f"{', '.join(ort_only)} hold {manifest.components[ort_only[0]].weights} weights in ONNX "
@@ -227,9 +232,8 @@ def build_engines(folder: BuildFolder, manifest: Manifest, options: EngineOption
         except ArtifactError as e:
             if Precision(record.precision).policy.half:
                 # TensorRT for RTX 1.7 fails inside Myelin on half attention with a head size of 12 (16 and 64 build)
-                flag = "--encoder-weights fp32" if name.startswith("encoder_") else "--precision fp32"
-                raise ArtifactError(f"{e}; or build this {record.precision} graph in FP32 ({flag}): some half "
-                                    "attention shapes (head size 12, for one) fail inside TensorRT") from None
+                raise ArtifactError(f"{e}; or build this {record.precision} graph in FP32 ({precision_flag(name)} "
+                                    "fp32): some half attention shapes (head size 12, for one) fail inside TensorRT") from None
             raise
         atomic_write_bytes(file, plan)
         seconds = time.perf_counter() - t0

@@ -62,8 +62,8 @@ def export_component(folder: BuildFolder, name: str, spec, key: str, module, sam
     """One graph of a build: reused when its key matches, else traced from `module` on `sample()` (called only
     then) into a file named after the key. calibration: the calibration key of a quantized module (the graph
     is then `precision` Q/DQ); half: converted to the half precision; weights: "int8" / "int4" block-quantized
-    weights for ONNX Runtime, or "fp16" / "bf16" for the whole graph (an encoder's --encoder-weights); ort_optimization: the manifest's ONNX Runtime level
-    for this graph (None: its precision's)."""
+    weights for ONNX Runtime, or "fp16" / "bf16" for the whole graph (an encoder's --encoder-weights);
+    ort_optimization: the manifest's ONNX Runtime level for this graph (None: its precision's)."""
     graph_precision = precision if calibration is not None or half else Precision.FP32
     half_encoder = weights in HALF_ENCODERS  # an encoder's whole graph in FP16 / BF16: a precision, not a weight format
     if half_encoder:

@@ -153,25 +153,20 @@ def check_half_drift(file: Path, spec: GraphSpec, module: nn.Module, sample: dic
     are common, tens of thousands are not rare): the converter clips the weights and a squared norm overflows
     to inf, and the features come out finite but wrong - so the check is against FP32, not for inf. Runs on
     ONNX Runtime's CPU provider (FP16 through its inserted casts, BF16 through bf16_emulation)."""
-    import onnx
     import onnxruntime as ort
 
-    from lidit_runtime.backends.bf16_emulation import emulate_bf16, has_bf16
+    from lidit_runtime.backends.bf16_emulation import emulated_session
 
     args = tuple(torch.from_numpy(sample[t.name]) for t in spec.inputs)
     with torch.inference_mode():
         want = module.eval()(*args)
     want = [w.float().numpy() for w in (want if isinstance(want, (tuple, list)) else (want,))]
-    model = onnx.load(str(file))
-    if has_bf16(model):
-        model = emulate_bf16(model)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    with tempfile.TemporaryDirectory(dir=file.parent, prefix=f".{spec.name}.check.") as tmp:
-        path = Path(tmp) / file.name  # external data (graphs past 2 GB) has to sit beside the graph
-        onnx.save_model(model, str(path), save_as_external_data=True, location=file.name + ".data")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        got = session.run(None, {t.name: sample[t.name] for t in spec.inputs})
+    providers = ["CPUExecutionProvider"]
+    session = (emulated_session(file, options, providers) if precision is Precision.BF16
+               else ort.InferenceSession(str(file), options, providers=providers))
+    got = session.run(None, {t.name: sample[t.name] for t in spec.inputs})
     worst = 0.0
     for out, a, b in zip(spec.outputs, got, want):
         if a.dtype.kind != "f":

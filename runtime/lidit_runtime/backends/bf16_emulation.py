@@ -65,3 +65,20 @@ def emulate_bf16(model):
         if v.type.tensor_type.elem_type == TensorProto.BFLOAT16:
             v.type.tensor_type.elem_type = TensorProto.FLOAT
     return model
+
+
+def emulated_session(file, options, providers):
+    """An ONNX Runtime session of the BF16 graph `file` with its BF16 emulated (emulate_bf16). The rewritten
+    graph is saved with external data beside it in a temporary folder (FP32 weights can pass protobuf's 2 GB)."""
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+    import onnxruntime as ort
+
+    file = Path(file)
+    model = emulate_bf16(onnx.load(str(file)))
+    with tempfile.TemporaryDirectory(prefix="lidit-bf16-") as tmp:
+        path = Path(tmp) / file.name
+        onnx.save_model(model, str(path), save_as_external_data=True, location=file.name + ".data")
+        return ort.InferenceSession(str(path), options, providers=providers)

@@ -15,6 +15,7 @@ from ..errors import ArtifactError, ConfigError
 from ..manifest import ORT_LEVELS, Manifest, build_file
 from ..precision import Precision
 from .base import GraphStages
+from .bf16_emulation import emulated_session
 
 _LEVELS = dict(zip(ORT_LEVELS, ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")))
 
@@ -64,7 +65,7 @@ class OnnxRuntimeBackend(GraphStages):
                 if record.precision != Precision.BF16 or "NOT_IMPLEMENTED" not in str(e):
                     raise ArtifactError(f"ONNX Runtime cannot load {record.file}: {str(e).splitlines()[0]}; "
                                         "re-run `lidit-export export`") from None
-                self.sessions[name] = self._emulated_bf16_session(file, options)
+                self.sessions[name] = emulated_session(file, options, self.providers)
                 self.emulated_bf16.append(name)
             session = self.sessions[name]
             io = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
@@ -94,19 +95,6 @@ class OnnxRuntimeBackend(GraphStages):
         if buffers is None:
             buffers = self._local.buffers = {}
         return buffers
-
-    def _emulated_bf16_session(self, file: Path, options):
-        import tempfile
-
-        import onnx
-
-        from .bf16_emulation import emulate_bf16
-
-        model = emulate_bf16(onnx.load(str(file)))
-        with tempfile.TemporaryDirectory(prefix="lidit-bf16-") as tmp:  # FP32 weights can pass protobuf's 2 GB
-            path = Path(tmp) / file.name
-            onnx.save_model(model, str(path), save_as_external_data=True, location=file.name + ".data")
-            return self._ort.InferenceSession(str(path), options, providers=self.providers)
 
     def run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run graph `name`. Outputs are written into buffers kept per (graph, input shapes), so a
